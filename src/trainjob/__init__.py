@@ -1,0 +1,46 @@
+"""trainjob: run HuggingFace Transformers and TRL training as managed jobs.
+
+The public API, and only it. Everything else is internal and may change.
+"""
+
+from trainjob.client import TrainerClient
+from trainjob.config import LocalBackendConfig, RayBackendConfig
+from trainjob.errors import (
+    BackendError,
+    JobFailedError,
+    JobNotFoundError,
+    JobStateError,
+    JobTimeoutError,
+    Problem,
+    ResourcesUnavailableError,
+    SerializationError,
+    TrainJobError,
+    ValidationError,
+)
+from trainjob.trainers import CustomTrainer, TransformersTrainer
+from trainjob.types import Event, JobStatus, Result, Step, TrainJob
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "CustomTrainer",
+    "Event",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobStateError",
+    "JobStatus",
+    "JobTimeoutError",
+    "LocalBackendConfig",
+    "Problem",
+    "RayBackendConfig",
+    "ResourcesUnavailableError",
+    "Result",
+    "SerializationError",
+    "Step",
+    "TrainJob",
+    "TrainJobError",
+    "TrainerClient",
+    "TransformersTrainer",
+    "ValidationError",
+]

@@ -1,0 +1,1 @@
+"""The embedded local backend (the default): supervisor, launcher, scheduler, package envs."""

@@ -1,0 +1,358 @@
+"""The embedded local backend: jobs are process trees on this machine, state is a SQLite file.
+
+No server: ``train()`` writes the job folder and row, starts a detached supervisor and returns.
+Any process reads the same store; a reader that finds a job whose supervisor died records it as
+Failed with the reason (``reconcile``), so a status is never stuck.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from trainjob import contract
+from trainjob.backends.base import Backend
+from trainjob.backends.local import procs
+from trainjob.backends.local.jobdir import JobDir
+from trainjob.config import LocalBackendConfig
+from trainjob.errors import JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
+from trainjob.payload import dumps_payload
+from trainjob.resources import format_bytes, local_capacity
+from trainjob.store import JobRow, Store
+from trainjob.trainers import CustomTrainer, mask_env
+from trainjob.types import Event, JobStatus, Result, Step, TrainJob
+
+_ALPHA = string.ascii_lowercase
+_ALNUM = string.ascii_lowercase + string.digits
+FOLLOW_INTERVAL = 0.2
+
+
+def new_job_id() -> str:
+    """12 characters, ``[a-z][a-z0-9]{11}``: valid as a Kubernetes name and a folder name."""
+    return secrets.choice(_ALPHA) + "".join(secrets.choice(_ALNUM) for _ in range(11))
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, config: LocalBackendConfig | None = None) -> None:
+        self.config = config or LocalBackendConfig()
+        self.home = Path(self.config.home).expanduser() if self.config.home else contract.home()
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.home, 0o700)
+        self.store = Store(self.home / "trainjob.db")
+
+    # ---- submit ------------------------------------------------------------------------
+    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None) -> str:
+        check_capacity(trainer)
+        source = self._resume_source(resume_from) if resume_from else None
+        payload = dumps_payload(trainer.func, trainer.func_args) if trainer.func is not None else None
+        job_id = new_job_id()
+        spec = trainer.to_spec()
+        spec.update(
+            {
+                "env": dict(trainer.env or {}),
+                "submit_dir": os.getcwd(),
+                "metrics_host": self.config.metrics_host,
+                "resume_from": resume_from,
+                "name": name or job_id,
+            }
+        )
+        jobdir = JobDir.for_job(self.home, job_id)
+        row = JobRow(
+            id=job_id,
+            name=name or job_id,
+            backend=self.name,
+            status=JobStatus.CREATED,
+            created_at=time.time(),
+            num_nodes=trainer.num_nodes,
+            procs_per_node=spec["procs_per_node"],
+            spec={**spec, "env": mask_env(spec["env"])},
+        )
+        try:
+            jobdir.create(spec, payload)
+            if source is not None:
+                _link_tree(source.workdir, jobdir.workdir)
+            self.store.insert_job(row)
+            self.store.add_event(job_id, "Created", f"job created ({spec['trainer']}, {spec['entrypoint']})" + (f", resuming {resume_from}" if resume_from else ""))
+            self._start_supervisor(job_id, jobdir)
+        except BaseException:
+            self.store.delete_job(job_id)
+            jobdir.remove()
+            raise
+        return job_id
+
+    def _start_supervisor(self, job_id: str, jobdir: JobDir) -> None:
+        env = dict(os.environ)
+        env[contract.HOME] = str(self.home)
+        with open(jobdir.supervisor_log, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "trainjob.backends.local.supervisor", job_id, str(self.home)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=jobdir.root,
+                env=env,
+                start_new_session=True,  # detached: survives the client and its terminal
+            )
+        # Recorded here, not only by the supervisor, so there is no window without an owner.
+        self.store.update_job(job_id, supervisor_pid=proc.pid, supervisor_start=procs.start_time(proc.pid))
+        _forget_child(proc)
+
+    def _resume_source(self, job_id: str) -> JobDir:
+        job = self.get_job(job_id)
+        if not job.status.is_terminal:
+            raise JobStateError(f"cannot resume job {job_id}: it is {job.status.value}; stop it first (stop_job) or wait for it")
+        return JobDir.for_job(self.home, job_id)
+
+    # ---- read --------------------------------------------------------------------------
+    def _row(self, job_id: str) -> JobRow:
+        row = self.store.get_job(job_id) if isinstance(job_id, str) else None
+        if row is None:
+            raise JobNotFoundError(str(job_id))
+        return self.reconcile(row)
+
+    def reconcile(self, row: JobRow) -> JobRow:
+        """A non-terminal job whose supervisor is gone is recorded Failed, its leftover ranks ended."""
+        if row.status.is_terminal or row.backend != self.name:
+            return row
+        if procs.is_alive(row.supervisor_pid, row.supervisor_start):
+            return row
+        fresh = self.store.get_job(row.id)  # it may have finished between our two reads
+        if fresh is None or fresh.status.is_terminal:
+            return fresh or row
+        self._end_orphans(JobDir.for_job(self.home, row.id))
+        msg = f"supervisor process {row.supervisor_pid} died unexpectedly; leftover ranks were ended"
+        if self.store.transition(row.id, JobStatus.FAILED, message=msg, error={"type": "SupervisorLost", "message": msg, "rank": None}):
+            self.store.add_event(row.id, "Failed", msg)
+        return self.store.get_job(row.id) or row
+
+    def _end_orphans(self, jobdir: JobDir) -> None:
+        alive = []
+        for f in (jobdir.run_dir / contract.PIDS_DIR).glob("rank-*.json"):
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            p = procs.process(rec.get("pid"), rec.get("start"))
+            if p is not None:
+                alive.append(p)
+        if alive:
+            procs.kill_tree(alive, grace=2.0)
+
+    def get_job(self, job_id: str) -> TrainJob:
+        return self._to_job(self._row(job_id))
+
+    def list_jobs(self, status: set[JobStatus] | None = None) -> list[TrainJob]:
+        rows = [self.reconcile(r) for r in self.store.list_jobs()]
+        return [self._to_job(r) for r in rows if status is None or r.status in status]
+
+    def get_job_events(self, job_id: str) -> list[Event]:
+        self._row(job_id)
+        return [Event(_dt(e["time"]), e["reason"], e["message"], e["data"]) for e in self.store.events(job_id)]
+
+    def get_job_progress(self, job_id: str) -> dict[str, Any] | None:
+        return self._row(job_id).progress
+
+    def get_job_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        self._row(job_id)
+        return self.store.metrics(job_id)
+
+    def get_job_result(self, job_id: str) -> Result:
+        row = self._row(job_id)
+        res = row.result or {}
+        jobdir = JobDir.for_job(self.home, job_id)
+        value = _load_return_value(jobdir.run_dir / contract.RESULT_FILE)
+        return Result(
+            job_id=job_id,
+            status=row.status,
+            metrics=res.get("metrics") or {},
+            checkpoint=_path(res.get("checkpoint")),
+            best_checkpoint=_path(res.get("best_checkpoint")),
+            checkpoints=[Path(p) for p in res.get("checkpoints") or []],
+            output_dir=_path(res.get("output_dir")) or jobdir.workdir,
+            log_dir=_path(res.get("log_dir")) or jobdir.logs_dir,
+            return_value=value,
+            error=row.error,
+        )
+
+    def get_job_logs(self, job_id: str, step: str = "node-0", follow: bool = False) -> Iterator[str]:
+        row = self._row(job_id)
+        jobdir = JobDir.for_job(self.home, job_id)
+        files_for = _log_selector(step, row.num_nodes, row.procs_per_node, jobdir)
+        return _stream_logs(lambda: files_for(), lambda: self._row(job_id).status.is_terminal, follow)
+
+    # ---- control -----------------------------------------------------------------------
+    def stop_job(self, job_id: str) -> None:
+        row = self._row(job_id)
+        if row.status.is_terminal:
+            return
+        jobdir = JobDir.for_job(self.home, job_id)
+        (jobdir.run_dir / contract.STOP_FILE).touch()
+        self.store.add_event(job_id, "StopRequested", "stop requested by the user")
+
+    def delete_job(self, job_id: str) -> None:
+        row = self.store.get_job(job_id)
+        if row is None:
+            raise JobNotFoundError(job_id)
+        jobdir = JobDir.for_job(self.home, job_id)
+        if not row.status.is_terminal:
+            sup = procs.process(row.supervisor_pid, row.supervisor_start)
+            if sup is not None:
+                # SIGKILL, not SIGTERM: SIGTERM means "stop gracefully" to a supervisor.
+                procs.kill_tree([sup], grace=2.0, sig=signal.SIGKILL)
+            self._end_orphans(jobdir)
+        jobdir.remove()
+        self.store.delete_job(job_id)
+        from trainjob.backends.local import scheduler
+
+        scheduler.forget(self.store, job_id)
+
+    # ---- conversion --------------------------------------------------------------------
+    def _to_job(self, row: JobRow) -> TrainJob:
+        device = "gpu" if (row.spec.get("resources") or {}).get("gpu") else "cpu"
+        steps = [
+            Step(
+                name=s["name"],
+                status=JobStatus.parse(s.get("status", row.status.value)),
+                device=s.get("device", device),
+                device_count=int(s.get("device_count", row.procs_per_node)),
+                pids=(s["pid"],) if s.get("pid") else (),
+            )
+            for s in row.steps or []
+        ] or [Step(f"node-{i}", row.status, device, row.procs_per_node) for i in range(row.num_nodes)]
+        return TrainJob(
+            id=row.id,
+            name=row.name,
+            status=row.status,
+            backend=row.backend,
+            created_at=_dt(row.created_at),
+            started_at=_dt(row.started_at) if row.started_at else None,
+            finished_at=_dt(row.finished_at) if row.finished_at else None,
+            num_nodes=row.num_nodes,
+            procs_per_node=row.procs_per_node,
+            attempt=row.attempt,
+            steps=steps,
+            message=row.message,
+            queue_position=row.queue_position,
+            spec=row.spec,
+            job_dir=JobDir.for_job(self.home, row.id).root,
+        )
+
+
+def check_capacity(trainer: CustomTrainer) -> None:
+    """All of a local job's nodes share this machine: their summed request must fit in it."""
+    cap = local_capacity()
+    res = trainer.resources
+    n = trainer.num_nodes
+    problems = []
+    if res.cpu is not None and res.cpu * n > cap.cpus:
+        problems.append(Problem("resources_per_node['cpu']", res.cpu, f"at most {cap.cpus / n:g} per node: this machine has {cap.cpus} CPUs for {n} node(s)"))
+    if res.memory is not None and res.memory * n > cap.memory:
+        problems.append(
+            Problem("resources_per_node['memory']", format_bytes(res.memory), f"at most {format_bytes(cap.memory // n)} per node: this machine has {format_bytes(cap.memory)} for {n} node(s)")
+        )
+    if res.gpu * n > len(cap.gpus):
+        problems.append(Problem("resources_per_node['gpu']", res.gpu, f"at most {len(cap.gpus) // n} per node: this machine has {len(cap.gpus)} GPU(s) for {n} node(s)"))
+    if problems:
+        raise ResourcesUnavailableError(problems, "resources")
+
+
+def _log_selector(step: str, num_nodes: int, procs_per_node: int, jobdir: JobDir):
+    """Which files make up a log ``step``: ``node-K`` (agent + its ranks), ``rank-R``, ``supervisor``."""
+    if step == "supervisor":
+        return lambda: [(jobdir.supervisor_log, "")]
+    kind, _, num = step.partition("-")
+    limit = num_nodes if kind == "node" else num_nodes * procs_per_node
+    if kind not in ("node", "rank") or not num.isdigit() or int(num) >= limit:
+        choices = [f"node-{i}" for i in range(num_nodes)] + [f"rank-{r}" for r in range(num_nodes * procs_per_node)] + ["supervisor"]
+        raise ValidationError([Problem("step", step, f"one of {', '.join(choices)}")], "get_job_logs()")
+    k = int(num)
+
+    def files() -> list[tuple[Path, str]]:
+        out = []
+        attempts = sorted(jobdir.logs_dir.glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]))
+        for adir in attempts:
+            if kind == "rank":
+                out.append((adir / f"rank-{k}.log", ""))
+                continue
+            out.append((adir / f"node-{k}.log", ""))
+            ranks = range(k * procs_per_node, (k + 1) * procs_per_node)
+            for r in ranks:
+                out.append((adir / f"rank-{r}.log", f"[rank {r}] " if procs_per_node > 1 else ""))
+        return out
+
+    return files
+
+
+def _stream_logs(files, finished, follow: bool) -> Iterator[str]:
+    offsets: dict[Path, int] = {}
+    while True:
+        done = finished() if follow else True  # read the state before the files: no lost tail
+        for path, prefix in files():
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offsets.get(path, 0))
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            if not data:
+                continue
+            end = data.rfind(b"\n") + 1 if not done else len(data)
+            if end <= 0:
+                continue
+            offsets[path] = offsets.get(path, 0) + end
+            for line in data[:end].decode(errors="replace").splitlines():
+                yield prefix + line
+        if done:
+            return
+        time.sleep(FOLLOW_INTERVAL)
+
+
+def _load_return_value(path: Path) -> Any:
+    import pickle
+
+    try:
+        data = pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - e.g. a class the client cannot import
+        return f"<return value could not be loaded here: {type(e).__name__}: {e}>"
+    return data.get("value") if "unpicklable" not in data else data.get("repr")
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a job's workdir for a resumed job, hard-linking files (checkpoints can be large)."""
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True, symlinks=True)
+
+
+def _forget_child(proc: subprocess.Popen) -> None:
+    """The supervisor is detached; don't leave a zombie in a long-lived client when it ends."""
+    import threading
+
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def _path(p: str | None) -> Path | None:
+    return Path(p) if p else None

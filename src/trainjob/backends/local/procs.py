@@ -1,0 +1,96 @@
+"""Process identity and ending whole process trees.
+
+A pid alone can be reused after a process dies, so a process is identified by (pid, start time);
+a recorded process "is alive" only if both still match.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Iterable
+
+import psutil
+
+
+def start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_alive(pid: int | None, started: float | None) -> bool:
+    """True if the process ``pid`` started at ``started`` still runs (and is not a zombie)."""
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(pid)
+        if started is not None and abs(p.create_time() - started) > 0.05:
+            return False  # the pid was reused by another process
+        return p.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (ranks whose torchrun agent died) get re-parented to this process.
+
+    Linux only; elsewhere a no-op. Lets the supervisor find and end every process of its job.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_CHILD_SUBREAPER = 36
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def kill_tree(roots: Iterable[psutil.Process], grace: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to every process in the trees under ``roots``, then SIGKILL what is left after ``grace``."""
+    procs: dict[int, psutil.Process] = {}
+    for root in roots:
+        try:
+            procs[root.pid] = root
+            for c in root.children(recursive=True):
+                procs[c.pid] = c
+        except psutil.NoSuchProcess:
+            continue
+    for p in procs.values():
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=2)
+
+
+def process(pid: int | None, started: float | None) -> psutil.Process | None:
+    """The live process with this identity, or None."""
+    if not is_alive(pid, started):
+        return None
+    try:
+        return psutil.Process(pid)  # type: ignore[arg-type]
+    except psutil.NoSuchProcess:
+        return None
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pids = list(pids)
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+        time.sleep(0.05)
+
+
+def signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(os.getpgid(pid), sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,43 @@
+"""Finding a Trainer's checkpoints, and telling a complete one from a partial one.
+
+The Trainer writes ``trainer_state.json`` last, after the weights, optimizer, scheduler and RNG
+state; a checkpoint folder without a readable one (or whose recorded step disagrees with its name)
+was cut short, e.g. by a kill mid-save, and must not be resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def list_checkpoints(output_dir: str | Path | None) -> list[Path]:
+    """``checkpoint-N`` folders under ``output_dir``, oldest step first (complete or not)."""
+    if not output_dir:
+        return []
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CKPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def is_complete(checkpoint: Path) -> bool:
+    m = _CKPT.match(checkpoint.name)
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(m) and int(state.get("global_step", -1)) == int(m.group(1))  # type: ignore[union-attr]
+
+
+def latest_complete(output_dir: str | Path | None) -> Path | None:
+    """The newest complete checkpoint, skipping partial ones; None if there is none."""
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        if is_complete(ckpt):
+            return ckpt
+    return None

@@ -1,0 +1,77 @@
+"""The contract between a launcher (any backend) and the processes of a job.
+
+One module owns it: the environment variables every rank receives and the layout of the files a
+rank writes for its supervisor to collect. Launchers write these, ``trainjob.runtime`` reads them.
+This module imports nothing heavy: it is loaded by supervisors and by every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---- environment variables given to every rank -------------------------------------------
+JOB_ID = "TRAINJOB_JOB_ID"
+JOB_DIR = "TRAINJOB_JOB_DIR"  # the job's folder (spec, payload, logs, run state)
+RUN_DIR = "TRAINJOB_RUN_DIR"  # where ranks write progress/metrics/events for the supervisor
+ATTEMPT = "TRAINJOB_ATTEMPT"  # 0 for the first launch, +1 per restart
+TRACKING = "TRAINJOB_TRACKING"  # "1": instrument every Trainer; "0": inject nothing
+METRICS_PORT = "TRAINJOB_METRICS_PORT"  # rank 0's /metrics port (0: pick a free one)
+METRICS_HOST = "TRAINJOB_METRICS_HOST"  # bind address of the rank-0 endpoint (loopback by default)
+CUSTOM_METRICS = "TRAINJOB_CUSTOM_METRICS"  # JSON {"logged_key": "exposed_name"}
+SUBMIT_DIR = "TRAINJOB_SUBMIT_DIR"  # the submitter's working directory
+RESUME = "TRAINJOB_RESUME"  # "1": Trainers resume from the newest complete checkpoint
+HOME = "TRAINJOB_HOME"  # where the store and job folders live (default ~/.trainjob)
+
+# ---- files in a job's folder -------------------------------------------------------------
+SPEC_FILE = "spec.json"
+PAYLOAD_FILE = "payload.pkl"  # cloudpickled (func, func_args) for function jobs
+WORKDIR = "workdir"  # ranks' working directory: relative paths in user code land here
+LOGS = "logs"
+RUN = "run"
+SUPERVISOR_LOG = "supervisor.log"
+
+# ---- files in RUN_DIR (written by ranks, read by the supervisor) -------------------------
+PROGRESS_FILE = "progress.json"  # latest progress, replaced atomically
+METRICS_FILE = "metrics.jsonl"  # every logged entry, appended
+EVENTS_FILE = "events.jsonl"  # train_begin / evaluate / save / train_end, appended
+ENDPOINT_FILE = "endpoint.json"  # {"host", "port"} of rank 0's /metrics server
+RESULT_FILE = "result.pkl"  # rank 0's return value
+ERRORS_DIR = "errors"  # errors/rank-N.json: a rank's exception
+PIDS_DIR = "pids"  # pids/rank-N.json: pid and start time, to clean up orphans
+STOP_FILE = "stop"  # present: ranks save a checkpoint at an agreed step and end
+
+
+def home() -> Path:
+    """trainjob's state folder: ``$TRAINJOB_HOME`` or ``~/.trainjob``."""
+    return Path(os.environ.get(HOME) or Path.home() / ".trainjob").expanduser()
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Replace ``path`` so a concurrent reader sees the old or the new content, never a torn file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, default=str)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """What a rank knows about itself, read from the environment torchrun/Ray/trainjob set."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    node_rank: int
+
+    @classmethod
+    def from_env(cls) -> "RankInfo":
+        env = os.environ
+        return cls(
+            rank=int(env.get("RANK", 0)),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            world_size=int(env.get("WORLD_SIZE", 1)),
+            node_rank=int(env.get("GROUP_RANK", env.get("NODE_RANK", 0))),
+        )

@@ -1,0 +1,152 @@
+"""The entry point of every rank: ``python -m trainjob.runtime.bootstrap``.
+
+Runs inside the job's processes only (under trainjob's local supervisor, torchrun, or a Ray Train
+worker). It sends this rank's output to its own log file, instruments Trainers unless tracking is
+off, runs the user's function/script/module, records an exception for the supervisor, and tears
+the process group down before the interpreter exits (two-process gloo runs otherwise abort at
+exit about one time in four).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainjob import contract
+from trainjob.runtime.hints import hint_for
+
+TRACEBACK_LINES = 40
+
+
+def main() -> int:
+    os.umask(0o077)
+    info = contract.RankInfo.from_env()
+    run_dir = Path(os.environ[contract.RUN_DIR])
+    job_dir = Path(os.environ[contract.JOB_DIR])
+    attempt = int(os.environ.get(contract.ATTEMPT, "0"))
+    _redirect_output(job_dir / contract.LOGS / f"attempt-{attempt}" / f"rank-{info.rank}.log")
+    _record_pid(run_dir, info.rank)
+    tracking = os.environ.get(contract.TRACKING) == "1"
+    resume = os.environ.get(contract.RESUME) == "1"
+    if tracking or resume:
+        from trainjob.runtime import instrument
+
+        instrument.install(callback=tracking, resume=resume)
+    if tracking:
+        from trainjob.runtime import stopping
+
+        stopping.install_signal_handler()
+    spec = json.loads((job_dir / contract.SPEC_FILE).read_text())
+    try:
+        value = run_entrypoint(spec, job_dir)
+    except SystemExit as e:
+        if e.code in (None, 0):
+            value = None
+        else:
+            record_error(run_dir, info.rank, e)
+            return e.code if isinstance(e.code, int) else 1
+    except BaseException as e:  # noqa: BLE001 - recorded for the supervisor, then the rank fails
+        record_error(run_dir, info.rank, e)
+        traceback.print_exc()
+        return 1
+    finally:
+        shutdown_distributed()
+    if info.rank == 0:
+        _write_result(run_dir, value)
+    return 0
+
+
+def run_entrypoint(spec: dict[str, Any], job_dir: Path) -> Any:
+    """Run what the spec names; returns the function's value (None for scripts and modules)."""
+    import runpy
+
+    kind = spec["entrypoint"]
+    if kind in ("func", "func_ref"):
+        from trainjob.payload import load_payload, resolve_func_ref
+
+        func, kwargs = load_payload((job_dir / contract.PAYLOAD_FILE).read_bytes())
+        if isinstance(func, str):  # "pkg.module:function", imported here in the rank
+            func = resolve_func_ref(func)
+        return func(**kwargs)
+    args = list(spec.get("script_args") or [])
+    if kind == "script":
+        script = spec["script"]
+        sys.argv = [script, *args]
+        sys.path.insert(0, str(Path(script).parent))
+        runpy.run_path(script, run_name="__main__")
+        return None
+    sys.argv = [spec["module"], *args]
+    runpy.run_module(spec["module"], run_name="__main__", alter_sys=True)
+    return None
+
+
+def record_error(run_dir: Path, rank: int, exc: BaseException) -> None:
+    """Write ``errors/rank-N.json`` (first failure wins by its time) for the supervisor."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    lines = tb.rstrip().splitlines()
+    message = str(exc) if not isinstance(exc, SystemExit) else f"exit code {exc.code}"
+    record = {
+        "rank": rank,
+        "type": type(exc).__name__,
+        "message": message,
+        "traceback": "\n".join(lines[-TRACEBACK_LINES:]),
+        "time": time.time(),
+        "hint": hint_for(type(exc).__name__, message),
+    }
+    try:
+        contract.write_json_atomic(run_dir / contract.ERRORS_DIR / f"rank-{rank}.json", record)
+    except OSError:
+        pass
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if the user's code left one (never imports torch itself)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
+        return
+    try:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at exit; a failure here must not mask the result
+        pass
+
+
+def _redirect_output(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _record_pid(run_dir: Path, rank: int) -> None:
+    try:
+        import psutil
+
+        started = psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - psutil missing in an odd environment: pid alone
+        started = None
+    contract.write_json_atomic(run_dir / contract.PIDS_DIR / f"rank-{rank}.json", {"pid": os.getpid(), "start": started})
+
+
+def _write_result(run_dir: Path, value: Any) -> None:
+    import cloudpickle
+
+    try:
+        data = cloudpickle.dumps({"value": value})
+    except Exception as e:  # noqa: BLE001 - an unpicklable return value is reported, not fatal
+        data = cloudpickle.dumps({"value": None, "unpicklable": f"{type(value).__name__}: {e}", "repr": repr(value)[:2000]})
+    tmp = run_dir / f".{contract.RESULT_FILE}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, run_dir / contract.RESULT_FILE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The ``TrainerCallback`` that reports a Trainer's progress, metrics and events.
+
+Runs in every rank; only the global rank-0 process reports (the others return at once, so the cost
+there is a method call per event). Rank 0 hands progress (throttled to a few times a second),
+every logged entry and events to the job's sink (``trainjob.runtime.sinks``: files that the local
+supervisor collects, or Ray's own channels). The final state is reported at ``on_train_end``
+synchronously, so it is recorded even when the process exits before any HTTP poller could read
+it. Rank 0 also serves the progress on ``/metrics``.
+
+The callback never changes ``TrainerControl`` except to honour a stop request (see ``stopping``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from transformers.trainer_callback import TrainerCallback
+
+from trainjob import contract
+from trainjob.progress import RateWindow, build_progress, categorize, clean_number
+from trainjob.runtime import sinks, stopping
+
+WRITE_INTERVAL = 0.25  # seconds between progress writes while steps run
+
+
+class TrainjobCallback(TrainerCallback):
+    """Progress reporting for one Trainer. Added by ``trainjob.runtime.instrument``; never add it by hand."""
+
+    def __init__(self) -> None:
+        self.sink = sinks.current()
+        self.attempt = int(os.environ.get(contract.ATTEMPT, "0"))
+        self.custom_metrics: dict[str, str] = json.loads(os.environ.get(contract.CUSTOM_METRICS) or "{}")
+        self.rate = RateWindow()
+        self.train_metrics: dict[str, Any] = {}
+        self.eval_metrics: dict[str, Any] = {}
+        self.samples_per_step: int | None = None
+        self._last_write = 0.0
+        self._stepped = False
+        self.progress: dict[str, Any] | None = None
+
+    # ---- Trainer events ---------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        stopping.on_train_begin(args)
+        if not state.is_world_process_zero:
+            return
+        self.rate = RateWindow()
+        self.rate.add(state.global_step)
+        self._stepped = state.global_step > 0
+        world = max(1, int(getattr(args, "world_size", 1) or 1))
+        self.samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+        params = None
+        if model is not None:
+            try:
+                params = sum(p.numel() for p in model.parameters())
+            except Exception:  # noqa: BLE001 - exotic models; the count is informative only
+                params = None
+        self._event(
+            "TrainBegin",
+            f"{type(model).__name__ if model is not None else 'model'} training starts at step {state.global_step}/{state.max_steps}",
+            {
+                "model_class": type(model).__name__ if model is not None else None,
+                "parameters": params,
+                "max_steps": state.max_steps,
+                "num_train_epochs": state.num_train_epochs,
+                "world_size": world,
+                "start_step": state.global_step,
+                "output_dir": os.path.abspath(args.output_dir) if args.output_dir else None,
+            },
+        )
+        from trainjob.runtime import server
+
+        server.ensure_started(lambda: self.progress)
+        if self._stepped:  # resumed: show where we are at once
+            self._write_progress(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stopping.on_step_end(args, state, control)
+        if not state.is_world_process_zero:
+            return
+        self._stepped = True
+        now = time.monotonic()
+        self.rate.add(state.global_step, now)
+        if now - self._last_write >= WRITE_INTERVAL or state.global_step >= state.max_steps:
+            self._write_progress(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        entry = {"step": state.global_step, "epoch": clean_number(state.epoch), "time": time.time(), "attempt": self.attempt}
+        entry.update({k: (clean_number(v) if not isinstance(v, str) else v) for k, v in logs.items()})
+        self.sink.metric(entry)
+        train, evals = categorize(logs, self.custom_metrics)
+        self.train_metrics.update(train)
+        self.eval_metrics.update(evals)
+        if self._stepped:
+            self._write_progress(state)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        clean = {k: clean_number(v) for k, v in (metrics or {}).items()}
+        self._event("Evaluate", f"evaluation at step {state.global_step}", {"step": state.global_step, "metrics": clean})
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        path = os.path.abspath(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+        self._event("Save", f"checkpoint saved at step {state.global_step}", {"step": state.global_step, "checkpoint": path})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        stopping.on_train_end()
+        if not state.is_world_process_zero:
+            return
+        finished = bool(state.max_steps) and state.global_step >= state.max_steps
+        self._write_progress(state, finished=finished)
+        self._event(
+            "TrainEnd",
+            f"training ended at step {state.global_step}/{state.max_steps}",
+            {
+                "global_step": state.global_step,
+                "max_steps": state.max_steps,
+                "total_flos": clean_number(state.total_flos),
+                "best_metric": clean_number(state.best_metric),
+                "best_model_checkpoint": state.best_model_checkpoint,
+                "completed": finished,
+                "stopped": stopping.requested(),
+                "progress": self.progress,
+            },
+        )
+
+    # ---- writing -----------------------------------------------------------------------
+    def _write_progress(self, state, finished: bool = False) -> None:
+        self.progress = build_progress(
+            step=state.global_step,
+            max_steps=state.max_steps,
+            epoch=state.epoch,
+            num_train_epochs=state.num_train_epochs,
+            steps_per_second=self.rate.steps_per_second(),
+            samples_per_step=self.samples_per_step,
+            train_metrics=self.train_metrics,
+            eval_metrics=self.eval_metrics,
+            finished=finished,
+        )
+        self._last_write = time.monotonic()
+        self.sink.progress(self.progress)
+
+    def _event(self, reason: str, message: str, data: dict[str, Any]) -> None:
+        self.sink.event({"time": time.time(), "reason": reason, "message": message, "data": data, "attempt": self.attempt})

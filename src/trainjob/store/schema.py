@@ -1,0 +1,58 @@
+"""The store's schema, versioned with SQLite's ``user_version``.
+
+Each entry of ``MIGRATIONS`` takes the database from version ``i`` to ``i + 1``; a database made by
+an older trainjob is upgraded in place when it is opened, and one made by a newer trainjob is
+refused rather than misread.
+"""
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1
+    """
+    CREATE TABLE jobs (
+        id               TEXT PRIMARY KEY,
+        name             TEXT NOT NULL,
+        backend          TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        created_at       REAL NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        attempt          INTEGER NOT NULL DEFAULT 0,
+        num_nodes        INTEGER NOT NULL,
+        procs_per_node   INTEGER NOT NULL,
+        spec             TEXT NOT NULL,          -- JSON, secrets masked
+        message          TEXT,
+        error            TEXT,                   -- JSON
+        result           TEXT,                   -- JSON
+        progress         TEXT,                   -- JSON, the progress schema
+        progress_at      REAL,
+        supervisor_pid   INTEGER,
+        supervisor_start REAL,                   -- process start time: pid identity
+        steps            TEXT,                   -- JSON list of node states
+        resources        TEXT,                   -- JSON, what the scheduler granted
+        queue_position   INTEGER,
+        extra            TEXT                    -- JSON, backend-specific (e.g. Ray job id)
+    );
+    CREATE INDEX jobs_status ON jobs(status);
+    CREATE INDEX jobs_created ON jobs(created_at);
+    CREATE TABLE events (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id  TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        time    REAL NOT NULL,
+        reason  TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data    TEXT
+    );
+    CREATE INDEX events_job ON events(job_id, id);
+    CREATE TABLE metrics (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id  TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        step    INTEGER,
+        time    REAL NOT NULL,
+        data    TEXT NOT NULL
+    );
+    CREATE INDEX metrics_job ON metrics(job_id, id);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

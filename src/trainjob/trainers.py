@@ -1,0 +1,224 @@
+"""What to run and how: ``TransformersTrainer`` and ``CustomTrainer``.
+
+Both are validated when built and report every problem at once, so a bad spec fails in the
+submitter's process before anything starts. Names follow the Kubeflow Trainer SDK and its RHAI
+``TransformersTrainer``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from trainjob.errors import Problem, ValidationError
+from trainjob.resources import Resources, parse_resources
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FUNC_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*$")
+_SECRET = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+_INDEX_SCHEMES = ("http://", "https://", "file://")
+MASK = "******"
+
+
+@dataclass
+class CustomTrainer:
+    """Run any training function or script, distributed, with no Trainer instrumentation.
+
+    Exactly one of ``func``, ``script`` or ``module`` says what runs:
+
+    - ``func``: a callable, called as ``func(**func_args)`` on every rank (serialized with
+      cloudpickle, so globals it uses travel with it), or an import reference ``"pkg.mod:fn"``;
+    - ``script``: a Python file run as ``__main__`` with ``script_args`` as ``sys.argv[1:]``;
+    - ``module``: a module run like ``python -m module script_args...``.
+
+    Ranks run in the job's ``workdir`` folder: relative paths in user code land there.
+    """
+
+    func: Callable[..., Any] | str | None = None
+    func_args: dict[str, Any] | None = None
+    script: str | os.PathLike | None = None
+    module: str | None = None
+    script_args: list[str] | None = None
+    packages_to_install: list[str] | None = None
+    pip_index_urls: list[str] | None = None
+    num_nodes: int = 1
+    resources_per_node: dict[str, Any] | None = None
+    num_procs_per_node: int | None = None
+    env: dict[str, str] | None = None
+    max_restarts: int = 0
+
+    # Not instrumented: no callback, no endpoint.
+    enable_progression_tracking: bool = field(default=False, init=False)
+    custom_metrics: dict[str, str] | None = field(default=None, init=False)
+    metrics_port: int = field(default=28080, init=False)
+
+    def __post_init__(self) -> None:
+        problems = self._validate()
+        if problems:
+            raise ValidationError(problems, type(self).__name__)
+
+    # ---- derived, used by backends ------------------------------------------------------
+    @property
+    def resources(self) -> Resources:
+        return parse_resources(self.resources_per_node)[0]
+
+    @property
+    def entrypoint_kind(self) -> str:
+        """``"func"``, ``"func_ref"``, ``"script"`` or ``"module"``."""
+        if self.func is not None:
+            return "func_ref" if isinstance(self.func, str) else "func"
+        return "script" if self.script is not None else "module"
+
+    def procs_per_node(self, gpus_available: int = 0) -> int:
+        """Ranks per node: explicit ``num_procs_per_node``, else one per requested GPU, else one."""
+        if self.num_procs_per_node:
+            return self.num_procs_per_node
+        return self.resources.gpu or 1
+
+    def to_spec(self, mask_secrets: bool = False) -> dict[str, Any]:
+        """A JSON-able description of the job (the function itself is not included)."""
+        spec: dict[str, Any] = {"trainer": type(self).__name__, "entrypoint": self.entrypoint_kind}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "func":
+                value = value if isinstance(value, str) or value is None else _callable_name(value)
+            elif f.name == "func_args":
+                value = None if value is None else {k: _short_repr(v) for k, v in value.items()}
+            elif f.name == "script" and value is not None:
+                value = str(value)
+            elif f.name == "env" and value is not None and mask_secrets:
+                value = mask_env(value)
+            spec[f.name] = value
+        spec["procs_per_node"] = self.procs_per_node()
+        spec["resources"] = self.resources.to_dict()
+        return spec
+
+    # ---- validation ---------------------------------------------------------------------
+    def _validate(self) -> list[Problem]:
+        p: list[Problem] = []
+        self._validate_entrypoint(p)
+        _check_str_list(p, "packages_to_install", self.packages_to_install, "pip requirement strings such as 'trl' or 'peft==0.21.2'")
+        _check_str_list(p, "pip_index_urls", self.pip_index_urls, "index URLs such as 'https://pypi.org/simple'")
+        for i, url in enumerate(self.pip_index_urls or []):
+            if isinstance(url, str) and not url.startswith(_INDEX_SCHEMES):
+                p.append(Problem(f"pip_index_urls[{i}]", url, "a URL starting with http://, https:// or file://"))
+        _check_int(p, "num_nodes", self.num_nodes, minimum=1)
+        if self.num_procs_per_node is not None:
+            _check_int(p, "num_procs_per_node", self.num_procs_per_node, minimum=1)
+        _check_int(p, "max_restarts", self.max_restarts, minimum=0)
+        p.extend(parse_resources(self.resources_per_node)[1])
+        self._validate_env(p)
+        return p
+
+    def _validate_entrypoint(self, p: list[Problem]) -> None:
+        given = [n for n in ("func", "script", "module") if getattr(self, n) is not None]
+        if not given:
+            p.append(Problem("func", None, "a training function, or script='train.py', or module='pkg.train'"))
+        elif len(given) > 1:
+            p.append(Problem(given[1], getattr(self, given[1]), f"only one of func, script, module; {given[0]} is already given"))
+        if self.func is not None:
+            if isinstance(self.func, str):
+                if not _FUNC_REF.match(self.func):
+                    p.append(Problem("func", self.func, "a callable or an import reference 'package.module:function'"))
+            elif not callable(self.func):
+                p.append(Problem("func", self.func, "a callable (the training function)"))
+        if self.func_args is not None:
+            if not isinstance(self.func_args, dict) or not all(isinstance(k, str) for k in self.func_args):
+                p.append(Problem("func_args", self.func_args, "a dict of keyword arguments with str keys"))
+            elif self.func is None:
+                p.append(Problem("func_args", self.func_args, "only used with func; scripts take script_args"))
+        if self.script is not None:
+            if not isinstance(self.script, (str, os.PathLike)) or not str(self.script):
+                p.append(Problem("script", self.script, "a path to a Python file"))
+            else:
+                path = Path(self.script).expanduser().resolve()
+                if not path.is_file():
+                    p.append(Problem("script", str(self.script), f"an existing Python file ({path} does not exist)"))
+                else:
+                    self.script = str(path)
+        if self.module is not None and (not isinstance(self.module, str) or not _MODULE.match(self.module)):
+            p.append(Problem("module", self.module, "a dotted module name such as 'mypkg.train'"))
+        if self.script_args is not None:
+            if isinstance(self.script_args, str):
+                p.append(Problem("script_args", self.script_args, "a list of strings (e.g. ['--lr', '1e-4']), not one string"))
+            else:
+                _check_str_list(p, "script_args", self.script_args, "a list of strings such as ['--lr', '1e-4']", allow_empty_items=True)
+            if self.func is not None:
+                p.append(Problem("script_args", self.script_args, "only used with script or module; functions take func_args"))
+
+    def _validate_env(self, p: list[Problem]) -> None:
+        if self.env is None:
+            return
+        if not isinstance(self.env, dict):
+            p.append(Problem("env", self.env, 'a dict of str to str, e.g. {"HF_HUB_OFFLINE": "1"}'))
+            return
+        for k, v in self.env.items():
+            if not isinstance(k, str) or not _ENV_NAME.match(k):
+                p.append(Problem(f"env[{k!r}]", v, "a variable name of letters, digits and _ not starting with a digit"))
+            elif not isinstance(v, str):
+                p.append(Problem(f"env[{k!r}]", v, f"a string value (got {type(v).__name__}; write {str(v)!r})"))
+
+
+@dataclass
+class TransformersTrainer(CustomTrainer):
+    """Run HuggingFace ``Trainer``/TRL code with zero changes, instrumented for live progress.
+
+    With ``enable_progression_tracking=True`` (the default) every ``transformers.Trainer`` the
+    code builds, TRL's included, reports progress, metrics, events and checkpoints; rank 0 also
+    serves the progress JSON at ``GET /metrics`` on ``metrics_port``. With ``False`` nothing is
+    injected. ``custom_metrics`` maps a logged name to an exposed name; an exposed name starting
+    with ``eval_`` goes to ``evalMetrics``, others to ``trainMetrics``.
+    """
+
+    enable_progression_tracking: bool = True
+    custom_metrics: dict[str, str] | None = None
+    metrics_port: int = 28080
+
+    def _validate(self) -> list[Problem]:
+        p = super()._validate()
+        if not isinstance(self.enable_progression_tracking, bool):
+            p.append(Problem("enable_progression_tracking", self.enable_progression_tracking, "True or False"))
+        if self.custom_metrics is not None:
+            if not isinstance(self.custom_metrics, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) and v for k, v in self.custom_metrics.items()
+            ):
+                p.append(Problem("custom_metrics", self.custom_metrics, 'a dict of logged name -> exposed name, e.g. {"my_f1": "eval_custom_f1"}'))
+        if isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int) or not 1024 <= self.metrics_port <= 65535:
+            p.append(Problem("metrics_port", self.metrics_port, "an int port between 1024 and 65535"))
+        return p
+
+
+def mask_env(env: dict[str, str]) -> dict[str, str]:
+    """Hide values whose names look secret (``*TOKEN*``, ``*KEY*``, ``*SECRET*``, ``*PASSWORD*``)."""
+    return {k: (MASK if _SECRET.search(k) else v) for k, v in env.items()}
+
+
+def _check_int(p: list[Problem], name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        p.append(Problem(name, value, f"an int >= {minimum}"))
+    elif value < minimum:
+        p.append(Problem(name, value, f"an int >= {minimum}"))
+
+
+def _check_str_list(p: list[Problem], name: str, value: object, expected: str, allow_empty_items: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        p.append(Problem(name, value, f"a list of {expected}"))
+        return
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or (not allow_empty_items and not item.strip()):
+            p.append(Problem(f"{name}[{i}]", item, f"a non-empty string ({expected})"))
+
+
+def _callable_name(f: Callable) -> str:
+    return f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
+
+
+def _short_repr(v: object) -> str:
+    r = repr(v)
+    return r if len(r) <= 200 else r[:197] + "..."
