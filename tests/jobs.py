@@ -24,3 +24,159 @@ def fail_on_rank(rank: int = 0, message: str = "boom"):
     import time
 
     time.sleep(30)
+
+
+# ---- TRL trainers (tiny GPT-2 from config, tokenizer trained locally) -----------------------
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def _tiny_lm():
+    from trainjob.demo import build_model, build_tokenizer, corpus
+
+    texts = corpus(64)
+    tok = build_tokenizer(texts + ["user assistant system : ."])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok, build_model(tok), texts
+
+
+def _trl_common(output_dir, max_steps):
+    return dict(output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=4, logging_steps=2,
+                report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)  # fmt: skip
+
+
+def trl_sft(max_steps: int = 8, messages: bool = False, output_dir: str = "./sft"):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tok, model, texts = _tiny_lm()
+    if messages:
+        ds = Dataset.from_dict({"messages": [[{"role": "user", "content": t[:40]}, {"role": "assistant", "content": t[40:80]}] for t in texts]})
+    else:
+        ds = Dataset.from_dict({"text": texts})
+    trainer = SFTTrainer(model=model, args=SFTConfig(max_length=32, **_trl_common(output_dir, max_steps)), train_dataset=ds, processing_class=tok)
+    return trainer.train().metrics
+
+
+def trl_dpo(max_steps: int = 6, output_dir: str = "./dpo"):
+    import copy
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    tok, model, texts = _tiny_lm()
+    ds = Dataset.from_dict({"prompt": [t[:20] for t in texts], "chosen": [t[20:50] for t in texts], "rejected": [t[50:80] for t in texts]})
+    args = DPOConfig(max_length=32, beta=0.1, **_trl_common(output_dir, max_steps))
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=ds, processing_class=tok)
+    return trainer.train().metrics
+
+
+def _length_reward(completions, **kwargs):
+    return [float(len(c)) / 10.0 for c in completions]
+
+
+def trl_grpo(max_steps: int = 4, output_dir: str = "./grpo"):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    tok, model, texts = _tiny_lm()
+    ds = Dataset.from_dict({"prompt": [t[:20] for t in texts]})
+    common = _trl_common(output_dir, max_steps)
+    args = GRPOConfig(num_generations=2, max_completion_length=8, generation_batch_size=4, **common)
+    trainer = GRPOTrainer(model=model, reward_funcs=[_length_reward], args=args, train_dataset=ds, processing_class=tok)
+    return trainer.train().metrics
+
+
+def classifier_with_metrics(max_steps: int = 20, output_dir: str = "./clf"):
+    """HF Trainer with eval, compute_metrics and a custom logged metric (accuracy, my_f1)."""
+    import numpy as np
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 50, size=(128, 16))
+    labels = (ids[:, 0] > 27).astype(int)
+    ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist(), "labels": labels.tolist()})
+    model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=2))
+
+    def compute_metrics(pred):
+        acc = float((pred.predictions.argmax(-1) == pred.label_ids).mean())
+        return {"accuracy": acc, "my_f1": acc * 0.9}
+
+    args = TrainingArguments(output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=16, logging_steps=5, eval_strategy="steps",
+                             eval_steps=10, save_strategy="steps", save_steps=10, report_to=[], use_cpu=True, disable_tqdm=True,
+                             load_best_model_at_end=True, metric_for_best_model="accuracy")  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=ds, eval_dataset=ds.select(range(32)), compute_metrics=compute_metrics)
+    return trainer.train().metrics
+
+
+def injected_state():
+    """What instrumentation did to this process: callbacks, threads, import hooks (for the tracking-off test)."""
+    import sys
+    import threading
+
+    import transformers.trainer as tt
+
+    from trainjob.demo import train_tiny_gpt2
+
+    train_tiny_gpt2(max_steps=3, eval_steps=None, save_steps=None)
+    return {
+        "default_callbacks": [c.__name__ for c in tt.DEFAULT_CALLBACKS],
+        "threads": sorted(t.name for t in threading.enumerate()),
+        "meta_path": [type(f).__name__ for f in sys.meta_path],
+        "server_module_loaded": "trainjob.runtime.server" in sys.modules,
+    }
+
+
+def slow_tiny(max_steps: int = 40, save_steps: int | None = 10, step_delay: float = 0.1, output_dir: str = "./output", seed: int = 0, **training_args):
+    """The tiny GPT-2 of ``trainjob.demo`` with a pause after every step, so a test can act mid-training.
+
+    Logs every 5 steps; returns the final train metrics plus the step and epoch it ended at.
+    """
+    import time
+
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    from trainjob.demo import build_dataset, build_model, build_tokenizer, corpus
+
+    class Pause(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(step_delay)
+
+    texts = corpus(seed=seed)
+    tokenizer = build_tokenizer(texts)
+    training_args.setdefault("logging_steps", 5)
+    args = TrainingArguments(
+        output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=8, learning_rate=5e-4,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps, report_to=[], use_cpu=True,
+        seed=seed, dataloader_num_workers=0, disable_tqdm=True, ddp_find_unused_parameters=False, **training_args,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=build_model(tokenizer), args=args, train_dataset=build_dataset(tokenizer, texts[:224]),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[Pause()],
+    )  # fmt: skip
+    out = trainer.train()
+    return {**out.metrics, "global_step": trainer.state.global_step, "epoch": trainer.state.epoch}
+
+
+def quick_value(x: int = 42):
+    return x
+
+
+def gloo_allreduce():
+    """Init gloo from torchrun's env, all-reduce each rank's (rank + 1), return the sum."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    t = torch.tensor([dist.get_rank() + 1.0])
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def sleep_for(seconds: float = 600):
+    import time
+
+    time.sleep(seconds)

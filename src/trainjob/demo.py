@@ -58,6 +58,7 @@ def train_tiny_gpt2(
     save_steps: int | None = 100,
     batch_size: int = 8,
     learning_rate: float = 5e-4,
+    logging_steps: int = 10,
     seed: int = 0,
     **training_args: Any,
 ) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def train_tiny_gpt2(
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size,
         learning_rate=learning_rate,
-        logging_steps=10,
+        logging_steps=logging_steps,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,
         save_strategy="steps" if save_steps else "no",

@@ -18,11 +18,40 @@ def dumps_payload(func: Callable[..., Any], func_args: dict[str, Any] | None) ->
     """Serialize ``(func, func_args)``; raises ``SerializationError`` naming what could not be."""
     import cloudpickle
 
+    by_value = _local_module(func)
+    if by_value is not None:
+        cloudpickle.register_pickle_by_value(by_value)
     try:
         return cloudpickle.dumps((func, func_args or {}))
     except Exception as e:  # cloudpickle raises whatever the offending object's reducer raises
         problems = _find_culprits(func, func_args or {}) or [Problem("func", getattr(func, "__name__", func), f"serializable with cloudpickle ({type(e).__name__}: {e})")]
         raise SerializationError(problems, "train()") from e
+    finally:
+        if by_value is not None:
+            cloudpickle.unregister_pickle_by_value(by_value)
+
+
+def _local_module(func: Any):
+    """The function's module when it is the user's own file (not installed), else None.
+
+    Pickled by reference, such a function would need its module importable in every rank, which
+    fails when the submitter put its folder on ``sys.path`` by hand (a notebook, a test runner).
+    Pickled by value it travels whole, like a function defined in ``__main__``.
+    """
+    import sys
+    import sysconfig
+
+    name = getattr(func, "__module__", None)
+    module = sys.modules.get(name or "")
+    path = getattr(module, "__file__", None)
+    if module is None or name == "__main__" or not path or isinstance(func, str):
+        return None
+    installed = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    if any(path.startswith(p + "/") for p in installed) or "site-packages" in path:
+        return None
+    if name.split(".")[0] == "trainjob":
+        return None
+    return module
 
 
 def _find_culprits(func: Callable[..., Any], func_args: dict[str, Any]) -> list[Problem]:

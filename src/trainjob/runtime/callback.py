@@ -124,7 +124,7 @@ class TrainjobCallback(TrainerCallback):
                 "max_steps": state.max_steps,
                 "total_flos": clean_number(state.total_flos),
                 "best_metric": clean_number(state.best_metric),
-                "best_model_checkpoint": state.best_model_checkpoint,
+                "best_model_checkpoint": os.path.abspath(state.best_model_checkpoint) if state.best_model_checkpoint else None,
                 "completed": finished,
                 "stopped": stopping.requested(),
                 "progress": self.progress,

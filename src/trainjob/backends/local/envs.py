@@ -1,17 +1,559 @@
-"""Per-job package environments (``packages_to_install``). Placeholder until issue 4 lands."""
+"""Per-job package environments for ``packages_to_install`` (local backend).
+
+A job that asks for packages runs in its own virtual environment, *layered* on the environment
+trainjob itself runs in (the "base"): the layer holds only what the base lacks, and the base's
+packages (torch, transformers, trainjob...) stay importable from it and are never reinstalled.
+
+How the layer is made (with ``uv``, a dependency of trainjob):
+
+1. ``uv venv --relocatable`` with the base's interpreter, built in a temporary folder.
+2. A ``.pth`` file in the layer runs ``site.addsitedir(<base site-packages>)``: the base's
+   packages come after the layer's own on ``sys.path`` (so a version the job asks for wins), and
+   the base's own ``.pth`` files run too (editable installs such as trainjob's keep working).
+   A plain ``--system-site-packages`` venv would not do: when the base is itself a venv, "system"
+   means the interpreter's installation, not the base venv.
+3. uv does not count packages reached through a ``.pth`` (or ``--system-site-packages``) as
+   installed, so it would resolve and reinstall torch & co. into every layer (gigabytes). The
+   layer therefore gets a *metadata-only* copy of every base distribution's ``.dist-info``
+   (METADATA, entry points..., and a RECORD that lists only those copies). uv then sees the base
+   packages as installed and satisfied and installs only what is missing. If the job asks for a
+   different version of a base package, uv "uninstalls" the copy (removing only the copy: its
+   RECORD names nothing else) and installs the requested version into the layer.
+4. ``uv pip install -r requirements.txt`` into the layer with the job's indexes
+   (``pip_index_urls``: the first is ``--index-url``, the rest ``--extra-index-url``; with none,
+   pip's own configured ones) and pip's configured ``find-links`` (uv does not read pip's
+   configuration; on machines whose torch wheel lives in a local find-links folder this is what
+   keeps uv from fetching a CUDA build from the registry).
+5. The finished folder is renamed into ``$TRAINJOB_HOME/envs/<key>``: an entry exists only when
+   complete, and a failed install leaves nothing behind.
+
+``<key>`` hashes the requirements, the index and find-links settings, and the base's identity
+(interpreter, version, and the name-version of every installed distribution), so a change to the
+base makes a new layer rather than a stale one. A file lock per key makes concurrent jobs build
+it once; a job holds a shared lock on its environment while it runs, so pruning skips it.
+"""
 
 from __future__ import annotations
 
+import configparser
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import time
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any, Iterable, Mapping
+
+from trainjob.errors import BackendError
+
+ENVS_DIR = "envs"
+LOCKS_DIR = ".locks"
+MARKER_FILE = "trainjob-env.json"  # written last, before the rename: what the env holds
+LAST_USED_FILE = ".last-used"  # its mtime is the last time a job used the env
+REQUIREMENTS_FILE = "requirements.txt"
+BASE_PTH = "_trainjob_base.pth"
+OUTPUT_TAIL_LINES = 40
+
+# Locks held for the life of this process: the environments this process's job runs in.
+_held_locks: list[IO[bytes]] = []
+
+
+class PackageInstallError(BackendError):
+    """Installing a job's ``packages_to_install`` failed; the message carries the installer's own words."""
 
 
 @dataclass(frozen=True)
 class PreparedEnv:
+    """Where a job's ranks run: the environment's interpreter and the variables that select it."""
+
     python: str
     env: dict[str, str] = field(default_factory=dict)
 
 
-def prepare_for_job(spec, store, job_id, job_dir) -> PreparedEnv | None:
-    if not spec.get("packages_to_install"):
+@dataclass(frozen=True)
+class PipSettings:
+    """The index and find-links settings pip would use here (its config files and ``PIP_*`` variables)."""
+
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BaseEnv:
+    """The environment a layer is built on: this interpreter and the packages it sees."""
+
+    python: str
+    version: str
+    site_dirs: tuple[str, ...]
+    dists: tuple[str, ...]  # the .dist-info folder names found, in sys.path order
+
+    @classmethod
+    def current(cls) -> "BaseEnv":
+        dirs = _base_site_dirs()
+        dists = []
+        for d in dirs:
+            try:
+                dists.extend(sorted(e for e in os.listdir(d) if e.endswith(".dist-info")))
+            except OSError:
+                continue
+        return cls(python=sys.executable, version=sys.version, site_dirs=tuple(dirs), dists=tuple(dists))
+
+    def identity(self) -> dict[str, Any]:
+        return {"python": os.path.realpath(self.python), "version": self.version, "site_dirs": list(self.site_dirs), "dists": list(self.dists)}
+
+
+@dataclass(frozen=True)
+class EnvPlan:
+    """What to install, from where, on which base: everything the cache key depends on. Pure data."""
+
+    requirements: tuple[str, ...]
+    index_url: str | None
+    extra_index_urls: tuple[str, ...]
+    find_links: tuple[str, ...]
+    base: BaseEnv
+
+    @property
+    def key(self) -> str:
+        data = {
+            "requirements": sorted(self.requirements),
+            "index_url": self.index_url,
+            "extra_index_urls": list(self.extra_index_urls),
+            "find_links": list(self.find_links),
+            "base": self.base.identity(),
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
+
+    def index_args(self) -> list[str]:
+        args: list[str] = []
+        if self.index_url:
+            args += ["--index-url", self.index_url]
+        for url in self.extra_index_urls:
+            args += ["--extra-index-url", url]
+        for loc in self.find_links:
+            args += ["--find-links", loc]
+        return args
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "requirements": list(self.requirements),
+            "index_url": self.index_url,
+            "extra_index_urls": list(self.extra_index_urls),
+            "find_links": list(self.find_links),
+        }
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """One cached environment, as ``list_envs`` reports it."""
+
+    key: str
+    path: Path
+    requirements: list[str]
+    index_url: str | None
+    extra_index_urls: list[str]
+    created_at: float
+    last_used_at: float
+    size_bytes: int
+    in_use: bool
+    build_seconds: float | None = None
+
+
+# ---- planning (pure) ---------------------------------------------------------------------
+def plan_for(
+    packages: Iterable[str],
+    index_urls: Iterable[str] | None,
+    pip: PipSettings | None = None,
+    base: BaseEnv | None = None,
+) -> EnvPlan:
+    """The environment a job needs. Raises PackageInstallError for a requirement that is not one.
+
+    ``index_urls`` (the job's ``pip_index_urls``) replace pip's configured indexes when given:
+    the first is the index, the rest extra indexes. Find-links locations always come from pip's
+    settings, keeping only local folders that exist.
+    """
+    reqs = tuple(_check_requirement(i, r) for i, r in enumerate(packages))
+    pip = pip if pip is not None else pip_settings()
+    urls = [u for u in (index_urls or []) if u]
+    if urls:
+        index_url, extra = urls[0], tuple(urls[1:])
+    else:
+        index_url, extra = pip.index_url, pip.extra_index_urls
+    find_links = tuple(loc for loc in pip.find_links if _location_exists(loc))
+    return EnvPlan(reqs, index_url, extra, find_links, base or BaseEnv.current())
+
+
+def _check_requirement(i: int, req: object) -> str:
+    where = f"packages_to_install[{i}]={req!r}"
+    if not isinstance(req, str) or not req.strip():
+        raise PackageInstallError(f"{where}: a pip requirement string such as 'peft' or 'peft==0.21.2'")
+    req = req.strip()
+    if req.startswith("-") or "\n" in req or "\r" in req:
+        raise PackageInstallError(f"{where}: one requirement per entry, no installer options (give indexes in pip_index_urls)")
+    return req
+
+
+def _location_exists(loc: str) -> bool:
+    if "://" not in loc:
+        return os.path.exists(loc)
+    if loc.startswith("file://"):
+        return os.path.exists(loc[len("file://") :])
+    return True  # a remote find-links page: uv decides
+
+
+def pip_settings(environ: Mapping[str, str] | None = None) -> PipSettings:
+    """Read pip's configuration the way ``pip install`` would: config files, then ``PIP_*`` variables.
+
+    Files, later ones overriding earlier ones: the global ones (``/etc/xdg/pip/pip.conf``,
+    ``/etc/pip.conf``), the user's (``~/.pip/pip.conf``, ``~/.config/pip/pip.conf``), the
+    environment's (``sys.prefix/pip.conf``), then ``PIP_CONFIG_FILE``; within a file ``[install]``
+    overrides ``[global]``. ``PIP_CONFIG_FILE=/dev/null`` turns the files off, as in pip.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    for path in _pip_config_files(environ):
+        cp = configparser.RawConfigParser()
+        try:
+            cp.read(path)
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        for section in ("global", "install"):
+            if cp.has_section(section):
+                for k, v in cp.items(section):
+                    values[k.replace("_", "-")] = v
+    for name in ("index-url", "extra-index-url", "find-links"):
+        env_value = environ.get("PIP_" + name.upper().replace("-", "_"))
+        if env_value is not None:
+            values[name] = env_value
+    index_url = values.get("index-url", "").strip() or None
+    return PipSettings(index_url, tuple(values.get("extra-index-url", "").split()), tuple(values.get("find-links", "").split()))
+
+
+def _pip_config_files(environ: Mapping[str, str]) -> list[str]:
+    explicit = environ.get("PIP_CONFIG_FILE")
+    if explicit == os.devnull:
+        return []
+    xdg_dirs = (environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(os.pathsep)
+    home = Path(environ.get("HOME") or Path.home())
+    xdg_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    files = [os.path.join(d, "pip", "pip.conf") for d in reversed(xdg_dirs) if d]
+    files += ["/etc/pip.conf", str(home / ".pip" / "pip.conf"), str(xdg_home / "pip" / "pip.conf"), os.path.join(sys.prefix, "pip.conf")]
+    if explicit:
+        files.append(explicit)
+    return [f for f in files if os.path.isfile(f)]
+
+
+def _base_site_dirs() -> list[str]:
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        user = site.getusersitepackages()
+        if os.path.isdir(user):
+            dirs.append(user)
+    seen: list[str] = []
+    for d in dirs:
+        if os.path.isdir(d) and d not in seen:
+            seen.append(d)
+    return seen
+
+
+# ---- the job's entry point ---------------------------------------------------------------
+def prepare_for_job(spec: Mapping[str, Any], store: Any, job_id: str, job_dir: Any) -> PreparedEnv | None:
+    """Make (or reuse) the environment a job's ``packages_to_install`` need. Runs in its supervisor.
+
+    Returns None when the job asks for no packages (it runs in the base environment). Records an
+    ``EnvironmentReady`` event with the seconds it took and whether the cache was hit, and writes
+    the installer's output to the job's supervisor log. Raises PackageInstallError with the
+    installer's message when the install fails; the cache is then left without an entry.
+    """
+    packages = spec.get("packages_to_install") or []
+    if not packages:
         return None
-    raise NotImplementedError("packages_to_install is not supported yet")
+    t0 = time.monotonic()
+    home = Path(job_dir.root).parent.parent  # $TRAINJOB_HOME/jobs/<id>
+    with open(job_dir.supervisor_log, "a", encoding="utf-8", errors="replace") as log:
+        plan = plan_for(packages, spec.get("pip_index_urls"))
+
+        def on_build_start() -> None:
+            store.add_event(job_id, "InstallingPackages", f"installing {', '.join(plan.requirements)} with uv", plan.describe())
+            store.update_job(job_id, message=f"installing packages: {', '.join(plan.requirements)}")
+
+        path, cached = ensure_env(home, plan, log, on_build_start=on_build_start)
+        seconds = time.monotonic() - t0
+        how = "cached environment" if cached else "new environment"
+        log.write(f"[trainjob] {how} {path} ready in {seconds:.2f}s\n")
+    store.add_event(
+        job_id,
+        "EnvironmentReady",
+        f"package environment ready in {seconds:.2f}s ({'cache hit' if cached else 'built'}): {', '.join(plan.requirements)}",
+        {"seconds": round(seconds, 4), "cached": cached, "path": str(path), "key": plan.key, **plan.describe()},
+    )
+    if not cached:
+        store.update_job(job_id, message=None)
+    env_path = (spec.get("env") or {}).get("PATH") or os.environ.get("PATH", os.defpath)
+    return PreparedEnv(python=str(_python_of(path)), env={"VIRTUAL_ENV": str(path), "PATH": os.pathsep.join([str(path / "bin"), env_path])})
+
+
+def ensure_env(home: Path, plan: EnvPlan, log: IO[str], on_build_start=None) -> tuple[Path, bool]:
+    """The environment for ``plan`` under ``home/envs``, building it if needed. Returns (path, cached).
+
+    Holds a shared lock on the entry for the rest of this process's life, so it is not pruned
+    under a running job. Concurrent callers with the same plan build once: the builder holds the
+    entry's exclusive lock; the others wait for it and then find the entry.
+    """
+    root = Path(home) / ENVS_DIR
+    (root / LOCKS_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
+    final = root / plan.key
+    lock = open(root / LOCKS_DIR / f"{plan.key}.lock", "ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        cached = _complete(final)
+        if not cached:
+            log.write(f"[trainjob] environment {plan.key} not cached; waiting for its build lock\n")
+            log.flush()
+            fcntl.flock(lock, fcntl.LOCK_EX)  # drops our shared lock while it waits: no deadlock
+            cached = _complete(final)  # another job may have built it while we waited
+            if not cached:
+                if on_build_start is not None:
+                    on_build_start()
+                _build(root, plan, final, log)
+            fcntl.flock(lock, fcntl.LOCK_SH)
+    except BaseException:
+        lock.close()
+        raise
+    _held_locks.append(lock)
+    _touch(final / LAST_USED_FILE)
+    return final, cached
+
+
+def _complete(path: Path) -> bool:
+    return (path / MARKER_FILE).is_file()
+
+
+def _python_of(env: Path) -> Path:
+    return env / "bin" / "python"
+
+
+def _site_packages_of(env: Path) -> Path:
+    scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
+    return Path(sysconfig.get_path("purelib", scheme=scheme, vars={"base": str(env), "platbase": str(env)}))
+
+
+def _build(root: Path, plan: EnvPlan, final: Path, log: IO[str]) -> None:
+    """Build into a temporary folder, then rename it to ``final``. Caller holds the exclusive lock."""
+    for stale in root.glob(f".building-{plan.key}-*"):  # a builder killed mid-way; we own the lock now
+        shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():  # a folder without its marker: never complete, never used
+        shutil.rmtree(final, ignore_errors=True)
+    tmp = root / f".building-{plan.key}-{os.getpid()}"
+    uv = find_uv()
+    t0 = time.monotonic()
+    log.write(f"[trainjob] building environment {plan.key} for {list(plan.requirements)}\n")
+    try:
+        _run([uv, "venv", "--relocatable", "--no-config", "--python", plan.base.python, str(tmp)], log, plan)
+        sp = _site_packages_of(tmp)
+        n = _shadow_base_metadata(plan.base, sp)
+        (sp / BASE_PTH).write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in plan.base.site_dirs))
+        log.write(f"[trainjob] layered on {len(plan.base.site_dirs)} base site folder(s); {n} base distributions count as installed\n")
+        reqs = tmp / REQUIREMENTS_FILE
+        reqs.write_text("".join(r + "\n" for r in plan.requirements))
+        _run([uv, "pip", "install", "--no-config", "--python", str(_python_of(tmp)), "-r", str(reqs), *plan.index_args()], log, plan)
+        marker = {**plan.describe(), "key": plan.key, "created_at": time.time(), "build_seconds": round(time.monotonic() - t0, 3), "base": plan.base.identity()}
+        marker["base"].pop("dists")  # long; the key already covers it
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=1))
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.write(f"[trainjob] built environment {plan.key} in {time.monotonic() - t0:.2f}s\n")
+
+
+def find_uv() -> str:
+    """The uv executable: the one shipped with the ``uv`` package, else one on PATH."""
+    try:
+        import uv  # the PyPI package bundles the binary
+
+        return uv.find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found:
+            return found
+    raise PackageInstallError("packages_to_install needs uv, which was not found: pip install uv (it is a dependency of trainjob)")
+
+
+def _run(argv: list[str], log: IO[str], plan: EnvPlan) -> None:
+    """Run an installer command, streaming its output to ``log``; raise with its output on failure."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH")}
+    env.update({"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"})
+    log.write("[trainjob] $ " + " ".join(argv) + "\n")
+    log.flush()
+    lines: list[str] = []
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, text=True, errors="replace")
+    except OSError as e:
+        raise PackageInstallError(f"could not run the installer {argv[0]}: {e}") from e
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        log.write(line)
+    rc = proc.wait()
+    log.flush()
+    if rc != 0:
+        tail = "\n".join(lines[-OUTPUT_TAIL_LINES:]).strip()
+        what = "creating the environment" if argv[1] == "venv" else f"installing packages_to_install={list(plan.requirements)}"
+        raise PackageInstallError(f"{what} failed (uv exited with code {rc}):\n{tail}")
+
+
+def _shadow_base_metadata(base: BaseEnv, site_packages: Path) -> int:
+    """Copy each base distribution's metadata (not its files) into the layer; see the module docstring.
+
+    The copy's RECORD lists only the copy, so an uninstall by uv removes nothing of the base.
+    Returns the number of distributions shadowed. The first of a name in ``sys.path`` order wins.
+    """
+    seen: set[str] = set()
+    n = 0
+    for d in base.site_dirs:
+        try:
+            entries = sorted(e for e in os.listdir(d) if e.endswith(".dist-info"))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry[: -len(".dist-info")].rsplit("-", 1)[0].lower().replace("_", "-")
+            if name in seen:
+                continue
+            seen.add(name)
+            src, dst = Path(d) / entry, site_packages / entry
+            dst.mkdir()
+            copied = []
+            for f in os.listdir(src):
+                if f == "RECORD" or not (src / f).is_file():
+                    continue
+                shutil.copyfile(src / f, dst / f)
+                copied.append(f"{entry}/{f}")
+            (dst / "RECORD").write_text("".join(f"{p},,\n" for p in [*copied, f"{entry}/RECORD"]))
+            n += 1
+    return n
+
+
+def _touch(path: Path) -> None:
+    try:
+        path.touch()
+    except OSError:
+        pass
+
+
+# ---- listing and pruning -----------------------------------------------------------------
+def list_envs(home: str | os.PathLike) -> list[EnvInfo]:
+    """The cached package environments under ``home/envs``, most recently used first."""
+    root = Path(home) / ENVS_DIR
+    out = []
+    try:
+        entries = sorted(root.iterdir())
+    except FileNotFoundError:
+        return []
+    for path in entries:
+        if path.name.startswith(".") or not _complete(path):
+            continue
+        try:
+            marker = json.loads((path / MARKER_FILE).read_text())
+        except (OSError, ValueError):
+            marker = {}
+        created = float(marker.get("created_at") or (path / MARKER_FILE).stat().st_mtime)
+        try:
+            last_used = (path / LAST_USED_FILE).stat().st_mtime
+        except OSError:
+            last_used = created
+        out.append(
+            EnvInfo(
+                key=path.name,
+                path=path,
+                requirements=list(marker.get("requirements") or []),
+                index_url=marker.get("index_url"),
+                extra_index_urls=list(marker.get("extra_index_urls") or []),
+                created_at=created,
+                last_used_at=last_used,
+                size_bytes=_size(path),
+                in_use=_in_use(root, path.name),
+                build_seconds=marker.get("build_seconds"),
+            )
+        )
+    return sorted(out, key=lambda e: e.last_used_at, reverse=True)
+
+
+def prune_envs(home: str | os.PathLike, older_than: float | timedelta | None = None) -> list[EnvInfo]:
+    """Remove cached environments no running job uses; with ``older_than``, only those unused that long.
+
+    ``older_than`` is seconds (or a timedelta) since an environment was last used by a job. Also
+    removes what killed builds left behind. Returns the environments removed. Safe while jobs run:
+    an environment in use (its job holds the shared lock) or being built is skipped.
+    """
+    if isinstance(older_than, timedelta):
+        older_than = older_than.total_seconds()
+    if older_than is not None and older_than < 0:
+        raise ValueError(f"older_than={older_than!r}: a number of seconds >= 0, or None for all unused environments")
+    root = Path(home) / ENVS_DIR
+    now = time.time()
+    removed = []
+    for info in list_envs(home):
+        if info.in_use or (older_than is not None and now - info.last_used_at < older_than):
+            continue
+        if _remove_if_unlocked(root, info.key, [info.path]):
+            removed.append(info)
+    for leftover in root.glob(".building-*") if root.is_dir() else []:
+        key = leftover.name[len(".building-") :].rsplit("-", 1)[0]
+        _remove_if_unlocked(root, key, [leftover])
+    return removed
+
+
+def _remove_if_unlocked(root: Path, key: str, paths: list[Path]) -> bool:
+    lock_path = root / LOCKS_DIR / f"{key}.lock"
+    try:
+        lock = open(lock_path, "ab")
+    except OSError:
+        return False
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        for p in paths:
+            # Rename first: the entry disappears at once, even if removing the files takes a while.
+            trash = root / f".trash-{p.name}-{os.getpid()}"
+            try:
+                os.rename(p, trash)
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+
+def _in_use(root: Path, key: str) -> bool:
+    try:
+        with open(root / LOCKS_DIR / f"{key}.lock", "ab") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            return False
+    except OSError:
+        return False
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total

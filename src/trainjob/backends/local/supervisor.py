@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 from trainjob import contract
 from trainjob.backends.local import procs
 from trainjob.backends.local.collector import COLLECT_INTERVAL, Collector
+from trainjob.backends.local.failures import NodeOutcome, collect_failures, describe_exit, summarize
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.local.launcher import plan_launch, free_port
 from trainjob.checkpoints import latest_complete, list_checkpoints
@@ -30,15 +30,22 @@ from trainjob.store import Store
 from trainjob.types import JobStatus
 
 FAILURE_GRACE = 3.0  # seconds the other nodes get to exit on their own after one failed
-STOP_GRACE = 300.0  # seconds ranks get to save a checkpoint and end after a stop request
-_TORCHRUN_FAILURE = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+STOP_GRACE = 300.0  # seconds ranks inside Trainer.train() get to agree on a step, save and end
+TERM_GRACE = 10.0  # seconds between SIGTERM to the ranks and SIGKILL to what is left
+LOG_SCAN_BYTES = 64 * 1024  # torchrun's failure summary is at the end of a node log
 
 
 @dataclass
 class Attempt:
+    """One launch of all of a job's nodes."""
+
     number: int
     nodes: list[subprocess.Popen] = field(default_factory=list)
+    ranks: list[tuple[int, ...]] = field(default_factory=list)  # the global ranks of each node
     exit_codes: dict[int, int] = field(default_factory=dict)
+    exit_times: dict[int, float] = field(default_factory=dict)
+    ended: set[int] = field(default_factory=set)  # nodes the supervisor ended itself
+    ending_since: float | None = None  # when it started ending them (wall clock)
 
 
 class Supervisor:
@@ -49,9 +56,10 @@ class Supervisor:
         self.dir = JobDir.for_job(home, job_id)
         self.spec = self.dir.read_spec()
         self.collector = Collector(self.store, job_id, self.dir.run_dir)
-        self.stop_requested = False
+        self.stop_requested = False  # set by SIGTERM to this process
         self.python = sys.executable
         self.extra_env: dict[str, str] = {}
+        self.world = int(self.spec["num_nodes"]) * int(self.spec["procs_per_node"])
 
     # ---- lifecycle ----------------------------------------------------------------------
     def run(self) -> int:
@@ -66,7 +74,7 @@ class Supervisor:
         try:
             self._prepare_environment()
             release = self._acquire_resources()
-            if self._stop_file_present():
+            if self._stopping():
                 return self._finish(JobStatus.STOPPED, "stopped before it started", None)
             status, message, error = self._run_attempts()
         except Exception as e:  # noqa: BLE001 - anything here must still end the job with a reason
@@ -97,37 +105,48 @@ class Supervisor:
         return grant.release
 
     def _run_attempts(self) -> tuple[JobStatus, str | None, dict | None]:
+        """Launch, and relaunch after a failure up to ``max_restarts`` times; the job's outcome.
+
+        Every relaunch (and the first launch of a job created with ``resume=``) sets
+        ``TRAINJOB_RESUME=1``, so each ``Trainer.train()`` continues from the newest complete
+        checkpoint in its ``output_dir``.
+        """
         max_restarts = int(self.spec.get("max_restarts") or 0)
-        attempt_no = int(self.spec.get("first_attempt") or 0)
         resume = bool(self.spec.get("resume_from"))
-        first_error = None
+        first_error: dict | None = None
+        cause: str | None = None
+        attempt_no = 0
         while True:
-            attempt = self._launch(attempt_no, resume=resume or attempt_no > 0)
+            if self._stopping():  # a stop that came while the previous attempt was being cleaned up
+                return JobStatus.STOPPED, "stopped on request before attempt " + str(attempt_no), None
+            attempt = self._launch(attempt_no, resume=resume or attempt_no > 0, restarted_after=cause)
             ok = self._monitor(attempt)
             self.collector.collect(attempt.number)
-            if self.stop_requested or self._stop_file_present():
-                return JobStatus.STOPPED, "stopped on request", None
+            outcome = self._stop_outcome(attempt, ok)
+            if outcome is not None:
+                return outcome
             if ok:
                 return JobStatus.COMPLETE, None, None
             error = self._root_cause(attempt)
             first_error = first_error or error
+            cause = _describe_error(error, None)
             self.store.add_event(self.job_id, "AttemptFailed", _describe_error(error, attempt.number), {"attempt": attempt.number, "error": error})
-            if attempt_no - int(self.spec.get("first_attempt") or 0) >= max_restarts:
+            if attempt_no >= max_restarts:
                 msg = _describe_error(first_error, None)
                 if max_restarts:
-                    msg += f" (after {max_restarts} restart{'s' if max_restarts != 1 else ''})"
+                    msg += f" (the first failure; {max_restarts} restart{'s' if max_restarts != 1 else ''} used, see the events for each attempt)"
                 return JobStatus.FAILED, msg, first_error
             attempt_no += 1
             ckpt = latest_complete(self._output_dir())
             self.store.add_event(
                 self.job_id,
                 "Restarting",
-                f"restart {attempt_no}/{max_restarts}" + (f", resuming from {ckpt.name}" if ckpt else ", no checkpoint yet: from the start"),
-                {"attempt": attempt_no, "checkpoint": str(ckpt) if ckpt else None},
+                f"restart {attempt_no}/{max_restarts} after {cause}" + (f"; resuming from {ckpt.name}" if ckpt else "; no complete checkpoint yet: from the start"),
+                {"attempt": attempt_no, "checkpoint": str(ckpt) if ckpt else None, "step": _step_of(ckpt)},
             )
             self._clear_attempt_files()
 
-    def _launch(self, number: int, resume: bool) -> Attempt:
+    def _launch(self, number: int, resume: bool, restarted_after: str | None = None) -> Attempt:
         log_dir = self.dir.attempt_logs(number)
         log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         plans = plan_launch(
@@ -143,29 +162,35 @@ class Supervisor:
             resume=resume,
         )
         attempt = Attempt(number)
+        nproc = int(self.spec["procs_per_node"])
         for plan in plans:
             with open(plan.log_file, "ab") as log:
-                attempt.nodes.append(
-                    subprocess.Popen(plan.argv, env=plan.env, cwd=plan.cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-                )
+                proc = subprocess.Popen(plan.argv, env=plan.env, cwd=plan.cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            attempt.nodes.append(proc)
+            attempt.ranks.append(tuple(range(plan.node_rank * nproc, (plan.node_rank + 1) * nproc)))
+            # Recorded for readers: if this supervisor dies, reconcile() ends the launchers too.
+            contract.write_json_atomic(
+                self.dir.run_dir / contract.PIDS_DIR / f"node-{plan.node_rank}.json", {"pid": proc.pid, "start": procs.start_time(proc.pid)}
+            )
         steps = [
-            {"name": f"node-{p.node_rank}", "status": "Running", "pid": n.pid, "device": "gpu" if self.spec["resources"].get("gpu") else "cpu", "device_count": int(self.spec["procs_per_node"])}
+            {"name": f"node-{p.node_rank}", "status": "Running", "pid": n.pid, "device": "gpu" if self.spec["resources"].get("gpu") else "cpu", "device_count": nproc}
             for p, n in zip(plans, attempt.nodes)
         ]
-        self.store.transition(self.job_id, JobStatus.RUNNING, attempt=number, steps=steps, message=None, queue_position=None)
-        world = int(self.spec["num_nodes"]) * int(self.spec["procs_per_node"])
+        message = f"attempt {number}: restarted after {restarted_after}" if restarted_after else None
+        self.store.transition(self.job_id, JobStatus.RUNNING, attempt=number, steps=steps, message=message, queue_position=None)
         self.store.add_event(
             self.job_id,
             "Started",
-            f"attempt {number}: {world} rank{'s' if world != 1 else ''} on {len(plans)} node{'s' if len(plans) != 1 else ''}" + (" (resuming)" if resume else ""),
-            {"attempt": number, "world_size": world, "pids": [n.pid for n in attempt.nodes], "resume": resume},
+            f"attempt {number}: {self.world} rank{'s' if self.world != 1 else ''} on {len(plans)} node{'s' if len(plans) != 1 else ''}" + (" (resuming)" if resume else ""),
+            {"attempt": number, "world_size": self.world, "pids": [n.pid for n in attempt.nodes], "resume": resume},
         )
         return attempt
 
     def _monitor(self, attempt: Attempt) -> bool:
-        """Collect until every node exits. True when all exited 0."""
+        """Collect until every node exits; end the others after a failure; carry out a stop. True when all exited 0."""
         failed_at: float | None = None
-        stop_deadline: float | None = None
+        stop_phase: str | None = None  # None -> "graceful" -> "term" -> "kill"
+        deadline = 0.0
         while len(attempt.exit_codes) < len(attempt.nodes):
             time.sleep(COLLECT_INTERVAL)
             self.collector.collect(attempt.number)
@@ -176,47 +201,111 @@ class Supervisor:
                 if rc is None:
                     continue
                 attempt.exit_codes[i] = rc
+                attempt.exit_times[i] = time.time()
                 self._record_node_exit(attempt, i, rc)
                 if rc != 0 and failed_at is None:
                     failed_at = time.monotonic()
-            if failed_at is not None and time.monotonic() - failed_at > FAILURE_GRACE:
-                self._end_nodes(attempt, "another node failed")
-            if (self.stop_requested or self._stop_file_present()) and stop_deadline is None:
-                stop_deadline = time.monotonic() + (STOP_GRACE if self.spec.get("enable_progression_tracking") else 0)
-                self.store.add_event(self.job_id, "Stopping", "stop requested: ranks save a checkpoint at the same step, then end")
-            if stop_deadline is not None and time.monotonic() > stop_deadline:
-                self._end_nodes(attempt, "stop grace period over")
+            if len(attempt.exit_codes) == len(attempt.nodes):
+                break
+            if failed_at is not None and attempt.ending_since is None and time.monotonic() - failed_at > FAILURE_GRACE and stop_phase is None:
+                self._end_nodes(attempt, "another node failed", signal.SIGKILL)
+            if stop_phase is None and self._stopping():
+                if self.spec.get("enable_progression_tracking") and self._in_training(attempt):
+                    stop_phase, deadline = "graceful", time.monotonic() + STOP_GRACE
+                    self.store.add_event(self.job_id, "Stopping", f"{self._stop_reason()}: the ranks agree on a step, save a checkpoint there and end")
+                else:
+                    # No Trainer to save a checkpoint (a CustomTrainer, or not training yet): end the ranks now.
+                    stop_phase, deadline = "term", time.monotonic() + TERM_GRACE
+                    self.store.add_event(self.job_id, "Stopping", f"{self._stop_reason()}: no Trainer is training, so the ranks get SIGTERM now")
+                    self._signal_ranks(attempt, signal.SIGTERM)
+            elif stop_phase == "graceful" and time.monotonic() > deadline:
+                stop_phase, deadline = "term", time.monotonic() + TERM_GRACE
+                self.store.add_event(self.job_id, "Stopping", f"the ranks did not end within {STOP_GRACE:g}s of the stop request: SIGTERM")
+                self._signal_ranks(attempt, signal.SIGTERM)
+            elif stop_phase == "term" and time.monotonic() > deadline:
+                stop_phase = "kill"
+                self._end_nodes(attempt, f"still running {TERM_GRACE:g}s after SIGTERM", signal.SIGKILL)
         self._reap_orphans()
         return all(rc == 0 for rc in attempt.exit_codes.values())
 
-    def _end_nodes(self, attempt: Attempt, why: str) -> None:
+    def _in_training(self, attempt: Attempt) -> bool:
+        """True while rank 0 of this attempt is inside ``Trainer.train()`` (it reported TrainBegin, not yet TrainEnd)."""
+        begin = self.collector.last_event.get("TrainBegin")
+        if not begin or begin.get("attempt", attempt.number) != attempt.number:
+            return False
+        end = self.collector.last_event.get("TrainEnd")
+        return not (end and end.get("attempt", attempt.number) == attempt.number and end.get("time", 0) >= begin.get("time", 0))
+
+    def _signal_ranks(self, attempt: Attempt, sig: int) -> None:
+        """Send ``sig`` to every rank (not to torchrun's agents: they would tear the ranks down on their own terms)."""
         import psutil
 
-        alive = [psutil.Process(n.pid) for i, n in enumerate(attempt.nodes) if i not in attempt.exit_codes and n.poll() is None]
-        if alive:
-            procs.kill_tree(alive, grace=5.0)
+        targets: dict[int, psutil.Process] = {}
+        for i, node in enumerate(attempt.nodes):
+            if i in attempt.exit_codes:
+                continue
+            try:
+                p = psutil.Process(node.pid)
+                ranks = [p] if self.world == 1 else p.children()
+            except psutil.NoSuchProcess:
+                continue
+            targets.update({r.pid: r for r in ranks})
+        for r in self._recorded("rank-*.json"):
+            targets.setdefault(r.pid, r)
+        for p in targets.values():
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+
+    def _end_nodes(self, attempt: Attempt, why: str, sig: int = signal.SIGKILL) -> None:
+        """End every node still running (and its ranks), recording that the supervisor did it."""
+        import psutil
+
+        alive = {i: n for i, n in enumerate(attempt.nodes) if i not in attempt.exit_codes and n.poll() is None}
+        if not alive:
+            return
+        if attempt.ending_since is None:
+            attempt.ending_since = time.time()
+        attempt.ended.update(alive)
+        self.store.add_event(
+            self.job_id, "EndingNodes", f"ending {', '.join(f'node-{i}' for i in alive)}: {why}", {"attempt": attempt.number, "nodes": sorted(alive), "signal": signal.Signals(sig).name}
+        )
+        roots = []
+        for n in alive.values():
+            try:
+                roots.append(psutil.Process(n.pid))
+            except psutil.NoSuchProcess:
+                continue
+        procs.kill_tree(roots, grace=5.0, sig=sig)
         self._reap_orphans()
+
+    def _recorded(self, pattern: str):
+        """Live processes recorded in ``run/pids/`` matching ``pattern`` (identity checked: pid + start time)."""
+        out = []
+        for f in (self.dir.run_dir / contract.PIDS_DIR).glob(pattern):
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            p = procs.process(rec.get("pid"), rec.get("start"))
+            if p is not None and p.pid != os.getpid():
+                out.append(p)
+        return out
 
     def _reap_orphans(self) -> None:
         """End ranks left behind by a dead agent (re-parented to us as subreaper, or recorded in pids/)."""
         import psutil
 
         me = psutil.Process()
-        children = [c for c in me.children(recursive=True)]
-        for f in (self.dir.run_dir / contract.PIDS_DIR).glob("rank-*.json"):
-            try:
-                rec = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue
-            p = procs.process(rec.get("pid"), rec.get("start"))
-            if p is not None and p.pid not in {c.pid for c in children}:
-                children.append(p)
-        if children:
-            procs.kill_tree(children, grace=2.0)
+        found = {c.pid: c for c in me.children(recursive=True)}
+        for p in self._recorded("*.json"):
+            found.setdefault(p.pid, p)
+        if found:
+            procs.kill_tree(list(found.values()), grace=2.0)
 
     def _record_node_exit(self, attempt: Attempt, node: int, rc: int) -> None:
-        desc = "exited 0" if rc == 0 else (f"killed by signal {-rc}" if rc < 0 else f"exited with code {rc}")
-        self.store.add_event(self.job_id, "NodeExited", f"node-{node} {desc}", {"attempt": attempt.number, "node": node, "exit_code": rc})
+        self.store.add_event(self.job_id, "NodeExited", f"node-{node} {describe_exit(rc)}", {"attempt": attempt.number, "node": node, "exit_code": rc})
         job = self.store.get_job(self.job_id)
         if job and job.steps:
             steps = [dict(s) for s in job.steps]
@@ -227,45 +316,91 @@ class Supervisor:
 
     # ---- errors ------------------------------------------------------------------------
     def _root_cause(self, attempt: Attempt) -> dict[str, Any]:
-        """The first failure of this attempt: the earliest rank error, else a signal, else a node's exit."""
+        """The first failure of this attempt that was not caused by another (see ``failures``)."""
         errors = []
         for f in (self.dir.run_dir / contract.ERRORS_DIR).glob("rank-*.json"):
             try:
                 errors.append(json.loads(f.read_text()))
             except (OSError, ValueError):
                 continue
-        if errors:
-            first = min(errors, key=lambda e: e.get("time", 0))
-            first["attempt"] = attempt.number
-            return first
-        for node, rc in sorted(attempt.exit_codes.items()):
-            if rc == 0:
-                continue
-            tail = self._log_tail(attempt.number, node)
-            rank, code = None, rc
-            m = _TORCHRUN_FAILURE.search(tail)
-            if m:
-                rank, code = int(m.group(1)), int(m.group(2))
-            if code < 0:
-                sig = -code
-                name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-                msg = f"killed by {name}" + (" (out of memory?)" if sig == signal.SIGKILL else "")
-                return {"rank": rank, "type": "Signal", "message": msg, "exit_code": code, "traceback": tail, "attempt": attempt.number}
-            return {"rank": rank, "type": "ExitCode", "message": f"exited with code {code}", "exit_code": code, "traceback": tail, "attempt": attempt.number}
-        return {"rank": None, "type": "Unknown", "message": "the job failed without an error record", "attempt": attempt.number}
+        nodes = [
+            NodeOutcome(
+                node=i,
+                exit_code=rc,
+                time=attempt.exit_times.get(i, time.time()),
+                ranks=attempt.ranks[i],
+                log=self._read_tail(self.dir.attempt_logs(attempt.number) / f"node-{i}.log", LOG_SCAN_BYTES),
+                ended_by_supervisor=i in attempt.ended,
+            )
+            for i, rc in sorted(attempt.exit_codes.items())
+        ]
+        logs = self.dir.attempt_logs(attempt.number)
+        found = collect_failures(
+            errors, nodes, self.world, attempt.ending_since, rank_log_tail=lambda r: _last_lines(self._read_tail(logs / f"rank-{r}.log", 8192), 20)
+        )
+        return summarize(found, attempt.number)
 
-    def _log_tail(self, attempt: int, node: int, lines: int = 30) -> str:
-        path = self.dir.attempt_logs(attempt) / f"node-{node}.log"
+    @staticmethod
+    def _read_tail(path: Path, nbytes: int) -> str:
         try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - nbytes))
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
 
     def _clear_attempt_files(self) -> None:
+        """Forget the failed attempt's run state (its logs stay in logs/attempt-K/)."""
         for sub in (contract.ERRORS_DIR, contract.PIDS_DIR):
             for f in (self.dir.run_dir / sub).glob("*.json"):
                 f.unlink(missing_ok=True)
         (self.dir.run_dir / contract.RESULT_FILE).unlink(missing_ok=True)
+        # The next rank 0 may serve /metrics on another port: let the collector read it again.
+        (self.dir.run_dir / contract.ENDPOINT_FILE).unlink(missing_ok=True)
+        self.collector._endpoint_seen = False
+
+    # ---- stop --------------------------------------------------------------------------
+    def _stop_outcome(self, attempt: Attempt, ok: bool) -> tuple[JobStatus, str, None] | None:
+        """``Stopped`` with a message if this attempt ended because of a stop; None otherwise.
+
+        A stop that came too late to matter (training already finished, every rank exited 0) is
+        a completion. Ranks that stopped training because one of them got SIGTERM (preemption of
+        a rank, not a stop request) also count as stopped: they saved a checkpoint to resume from.
+        """
+        end = self.collector.last_event.get("TrainEnd")
+        end = end if end and end.get("attempt", attempt.number) == attempt.number else None
+        data = (end or {}).get("data") or {}
+        ckpt = latest_complete(self._output_dir())
+        where = (f" at step {data['global_step']}" if data.get("global_step") is not None else "") + (
+            f"; newest complete checkpoint: {ckpt.name}" if ckpt else "; no checkpoint was saved"
+        )
+        if self._stopping():
+            if ok and data.get("completed"):
+                return None
+            return JobStatus.STOPPED, f"{self._stop_reason()}{where}", None
+        if ok and data.get("stopped") and not data.get("completed"):
+            return JobStatus.STOPPED, f"a rank received SIGTERM (preemption?) and training stopped{where}", None
+        return None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        # Preemption or `kill`: the same graceful stop as stop_job(). No store writes here: the
+        # main thread may be inside one; the monitor loop records the stop on its next pass.
+        self.stop_requested = True
+        try:
+            (self.dir.run_dir / contract.STOP_FILE).touch()
+        except OSError:
+            pass
+
+    def _stop_file_present(self) -> bool:
+        return (self.dir.run_dir / contract.STOP_FILE).exists()
+
+    def _stopping(self) -> bool:
+        return self.stop_requested or self._stop_file_present()
+
+    def _stop_reason(self) -> str:
+        return "stopped by SIGTERM to the supervisor" if self.stop_requested else "stopped on request"
 
     # ---- outcome -----------------------------------------------------------------------
     def _output_dir(self) -> str | None:
@@ -305,23 +440,18 @@ class Supervisor:
             "global_step": end.get("global_step"),
         }
 
-    # ---- stop --------------------------------------------------------------------------
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        # Preemption or `kill`: the same graceful stop as stop_job().
-        self.stop_requested = True
-        try:
-            (self.dir.run_dir / contract.STOP_FILE).touch()
-        except OSError:
-            pass
+def _last_lines(text: str, n: int) -> str:
+    return "\n".join(text.splitlines()[-n:])
 
-    def _stop_file_present(self) -> bool:
-        return (self.dir.run_dir / contract.STOP_FILE).exists()
+
+def _step_of(ckpt: Path | None) -> int | None:
+    return int(ckpt.name.rsplit("-", 1)[1]) if ckpt is not None else None
 
 
 def _describe_error(error: dict | None, attempt: int | None) -> str:
     if not error:
         return "failed"
-    where = f"rank {error['rank']}: " if error.get("rank") is not None else ""
+    where = f"rank {error['rank']}: " if error.get("rank") is not None else (f"node-{error['node']}: " if error.get("node") is not None else "")
     pre = f"attempt {attempt}: " if attempt is not None else ""
     return f"{pre}{where}{error.get('type')}: {error.get('message')}"
 

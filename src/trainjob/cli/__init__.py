@@ -1,0 +1,1 @@
+"""The ``trainjob`` command line (entry point ``trainjob.cli.main:main``)."""

@@ -1,0 +1,224 @@
+"""Read and control existing jobs: ls, status, progress, logs, events, metrics, result, wait, stop, delete."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from trainjob.cli import common
+from trainjob.cli.common import EXIT_FAILED, EXIT_USAGE, OUTCOME_EXIT, CliExit, JobIdArg, Output, OutputOpt, err, out
+from trainjob.cli.records import event_record, job_record, result_record
+from trainjob.cli.render import events_table, job_detail, jobs_table, metrics_table, progress_line, result_view
+
+
+def ls(
+    status: Annotated[Optional[list[str]], typer.Option("--status", "-s", help="Only jobs in this status (repeatable or comma-separated): Created, Queued, Running, Complete, Failed, Stopped.", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only job ids, one per line.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """List jobs, oldest first, with status, progress, ETA and age."""
+    c = common.client()
+    jobs = c.list_jobs(status=common.status_filter(status))
+    if quiet:
+        for j in jobs:
+            out.print(j.id)
+        return
+    records = [job_record(j, c.get_job_progress(j.id)) for j in jobs]
+    if output is Output.json:
+        common.dump(records)
+    elif not records:
+        err.print("no jobs" + (" with that status" if status else "; start one with: trainjob demo"))
+    else:
+        out.print(jobs_table(records))
+
+
+def status(job: JobIdArg, output: OutputOpt = Output.table) -> None:
+    """Show one job: status and why, what it runs, nodes and processes, times, progress, error."""
+    c = common.client()
+    job_id = common.resolve_job_id(job)
+    record = job_record(c.get_job(job_id), c.get_job_progress(job_id))
+    if output is Output.json:
+        common.dump(record)
+        return
+    error = c.get_job_result(job_id).error if record["status"] == "Failed" else None
+    out.print(job_detail(record, error))
+
+
+def progress(
+    job: JobIdArg,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw a live progress bar (ETA, step, epoch, loss, eval metrics) until the job ends; exit code = its outcome.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Show a job's live progress: percent, step, epoch, ETA, train and eval metrics.
+
+    With -o json prints the progress JSON (the schema served at rank 0's /metrics), or null
+    before the first step or when tracking is off.
+    """
+    from trainjob.cli.run import follow_job
+
+    c = common.client()
+    job_id = common.resolve_job_id(job)
+    if watch:
+        final = follow_job(job_id, logs=False)
+        if output is Output.json:
+            common.dump(final.get("progress"))
+        raise CliExit(OUTCOME_EXIT.get(final["status"], EXIT_FAILED))
+    if output is Output.json:
+        common.dump(c.get_job_progress(job_id))
+        return
+    out.print(progress_line(job_record(c.get_job(job_id), c.get_job_progress(job_id))))
+
+
+def logs(
+    job: JobIdArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines until the job ends.")] = False,
+    rank: Annotated[Optional[int], typer.Option("--rank", "-r", help="Only this rank's output (global rank).", show_default=False)] = None,
+    node: Annotated[int, typer.Option("--node", "-n", help="This node's output: its ranks (prefixed by rank when there are several) and its launcher.")] = 0,
+    supervisor: Annotated[bool, typer.Option("--supervisor", help="The supervisor's log instead (environment setup, launches, restarts).")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", help="Only the last N lines (before following).", show_default=False)] = None,
+) -> None:
+    """Print a job's logs (every attempt, oldest first): node 0 by default."""
+    c = common.client()
+    job_id = common.resolve_job_id(job)
+    step = "supervisor" if supervisor else (f"rank-{rank}" if rank is not None else f"node-{node}")
+    lines = c.get_job_logs(job_id, step=step, follow=follow)
+    if tail is not None and not follow:
+        from collections import deque
+
+        lines = iter(deque(lines, maxlen=max(0, tail)))
+    try:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise CliExit(130) from None
+    except BrokenPipeError:  # `trainjob logs ID | head`
+        raise CliExit(0) from None
+
+
+def events(job: JobIdArg, output: OutputOpt = Output.table) -> None:
+    """A job's timeline: created, started, evaluations, checkpoints, restarts, exits, outcome."""
+    c = common.client()
+    job_id = common.resolve_job_id(job)
+    records = [event_record(e) for e in c.get_job_events(job_id)]
+    if output is Output.json:
+        common.dump(records)
+    else:
+        out.print(events_table(records, job_record(c.get_job(job_id))["created_at"]))
+
+
+def metrics(
+    job: JobIdArg,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the curves (loss, eval loss, learning rate, other eval metrics) to this PNG file.", show_default=False, dir_okay=False)] = None,
+    last: Annotated[Optional[int], typer.Option("--last", help="Only the last N entries in the table/JSON.", show_default=False)] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Every entry the job's Trainers logged (loss, learning rate, eval metrics...), by step."""
+    c = common.client()
+    job_id = common.resolve_job_id(job)
+    entries = c.get_job_metrics(job_id)
+    if plot is not None:
+        from trainjob.plot import NoMetricsError, plot_metrics
+
+        try:
+            written = plot_metrics(entries, plot, title=_title(c.get_job(job_id)))
+        except NoMetricsError as e:
+            raise CliExit(EXIT_FAILED, f"error: {e}") from None
+        err.print(f"wrote {written}")
+    shown = entries[-last:] if last else entries
+    if output is Output.json:
+        from trainjob.cli.records import jsonable
+
+        common.dump(jsonable(shown))
+    elif plot is None:
+        if not entries:
+            err.print("no metrics logged yet" + ("" if c.get_job(job_id).spec.get("enable_progression_tracking", True) else " (progress tracking is off for this job)"))
+        else:
+            out.print(metrics_table(shown))
+
+
+def result(job: JobIdArg, output: OutputOpt = Output.table) -> None:
+    """What a job produced: final metrics, checkpoints, output and log folders, return value, error."""
+    c = common.client()
+    job_id = common.resolve_job_id(job)
+    record = result_record(c.get_job_result(job_id))
+    if output is Output.json:
+        common.dump(record)
+    else:
+        if record["status"] not in OUTCOME_EXIT:
+            err.print(f"job {job_id} is {record['status']}: the result is not final yet")
+        out.print(result_view(record))
+
+
+def wait(
+    job: JobIdArg,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up after this many seconds (exit 1); default: wait forever.", show_default=False)] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Wait until a job ends, quietly; exit 0 Complete, 1 Failed (or timeout), 3 Stopped."""
+    import time
+
+    c = common.client()
+    job_id = common.resolve_job_id(job)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            j = c.get_job(job_id)
+            if j.status.is_terminal:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CliExit(EXIT_FAILED, f"job {job_id} is still {j.status.value} after {timeout:g}s")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        raise CliExit(130) from None
+    record = job_record(j, c.get_job_progress(job_id))
+    if output is Output.json:
+        common.dump(record)
+    else:
+        out.print(f"{job_id} {record['status']}")
+    raise CliExit(OUTCOME_EXIT.get(record["status"], EXIT_FAILED))
+
+
+def stop(
+    jobs: Annotated[list[str], typer.Argument(help="Job id(s) (unique prefixes or names).", show_default=False)],
+    wait_: Annotated[bool, typer.Option("--wait", help="Wait until each job has saved its checkpoint and ended.")] = False,
+) -> None:
+    """Stop jobs gracefully: every rank saves a checkpoint at the same step, then the job is Stopped.
+
+    A stopped job can be continued later with: trainjob run --resume ID ...
+    """
+    c = common.client()
+    ids = [common.resolve_job_id(j) for j in jobs]
+    for job_id in ids:
+        was = c.get_job(job_id).status
+        c.stop_job(job_id)
+        err.print(f"{job_id}: already {was.value}, nothing to stop" if was.is_terminal else f"{job_id}: stop requested")
+    if wait_:
+        for job_id in ids:
+            final = c.wait_for_job_status(job_id, {"Complete", "Failed", "Stopped"}, timeout=None, polling_interval=0.5)
+            out.print(f"{job_id} {final.status.value}")
+
+
+def delete(
+    jobs: Annotated[list[str], typer.Argument(help="Job id(s) (unique prefixes or names).", show_default=False)],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed when not on a terminal).")] = False,
+) -> None:
+    """Delete jobs: end their processes if they run, remove their records, logs and checkpoints."""
+    c = common.client()
+    found = [c.get_job(common.resolve_job_id(j)) for j in jobs]
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliExit(EXIT_USAGE, "error: delete removes the jobs' checkpoints and logs; pass --yes to confirm (stdin is not a terminal)")
+        listing = ", ".join(f"{j.id} ({j.status.value})" for j in found)
+        if not typer.confirm(f"Delete {listing} with their files?", default=False, err=True):
+            raise CliExit(EXIT_FAILED, "nothing deleted")
+    for j in found:
+        c.delete_job(j.id)
+        err.print(f"{j.id}: deleted")
+
+
+def _title(job) -> str:
+    return job.id if job.name == job.id else f"{job.name} ({job.id})"

@@ -1,0 +1,237 @@
+"""``trainjob run`` (submit a script, a module or a function) and ``trainjob demo``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from trainjob.cli import common
+from trainjob.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, OUTCOME_EXIT, CliExit, Output, OutputOpt, err, out
+from trainjob.cli.live import JobWatcher
+from trainjob.cli.records import job_record, result_record
+from trainjob.cli.render import fmt_duration, fmt_num, interesting, status_text
+from trainjob.errors import Problem, ValidationError
+from trainjob.trainers import TransformersTrainer
+
+_FUNC_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+# Trainer field -> the flag that sets it, so validation errors name what the user typed.
+FLAG_FOR_FIELD = {
+    "num_nodes": "--nodes",
+    "num_procs_per_node": "--procs-per-node",
+    "resources_per_node['cpu']": "--cpu",
+    "resources_per_node['memory']": "--memory",
+    "resources_per_node['gpu']": "--gpu",
+    "packages_to_install": "--pkg",
+    "pip_index_urls": "--index-url",
+    "env": "--env",
+    "max_restarts": "--max-restarts",
+    "custom_metrics": "--custom-metric",
+    "metrics_port": "--metrics-port",
+    "script": "SCRIPT",
+    "module": "-m",
+    "func": "TARGET",
+    "func_args": "KEY=VALUE",
+    "name": "--name",
+}
+
+RUN_HELP = """Submit a training job: a script, a module (-m) or a function reference.
+
+\b
+  trainjob run train.py --lr 1e-4          # a script; what follows it goes to the script
+  trainjob run -m mypkg.train -- --epochs 2  # a module, like python -m
+  trainjob run mypkg.train:main max_steps=50 # a function, called as main(max_steps=50)
+  trainjob run --nodes 2 --procs-per-node 2 --follow train.py
+
+Everything after the script path (or after --) is passed to the script untouched, so put
+trainjob's flags before it. Prints the job id; with --follow, streams the logs and a progress
+line until the job ends and exits 0 (Complete), 1 (Failed) or 3 (Stopped). An invalid spec
+exits 2 and starts nothing.
+"""
+
+
+def run(
+    target: Annotated[Optional[str], typer.Argument(help="train.py, or pkg.module:function, or (with -m) the first argument of the module.", show_default=False)] = None,
+    args: Annotated[Optional[list[str]], typer.Argument(help="Arguments for the script/module; KEY=VALUE keyword arguments for a function (VALUE read as JSON when it parses, else a string).", show_default=False)] = None,
+    module: Annotated[Optional[str], typer.Option("--module", "-m", help="Run a module like `python -m MODULE`; all positional arguments go to it.", show_default=False)] = None,
+    nodes: Annotated[int, typer.Option("--nodes", help="Number of nodes (local: process groups on this machine, real rendezvous).")] = 1,
+    procs_per_node: Annotated[Optional[int], typer.Option("--procs-per-node", help="Processes (ranks) per node. Default: one per requested GPU, else 1.", show_default=False)] = None,
+    cpu: Annotated[Optional[str], typer.Option("--cpu", help="CPUs per node: 2, 0.5 or 500m.", show_default=False)] = None,
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help="GPUs per node.", show_default=False)] = None,
+    memory: Annotated[Optional[str], typer.Option("--memory", help="Memory per node: 16Gi, 512Mi, 16G or bytes.", show_default=False)] = None,
+    pkg: Annotated[Optional[list[str]], typer.Option("--pkg", help="A pip requirement to install for this job (repeatable): --pkg peft --pkg 'trl==1.16.0'.", show_default=False)] = None,
+    index_url: Annotated[Optional[list[str]], typer.Option("--index-url", help="Package index URL (repeatable): the first is the index, the others extra indexes.", show_default=False)] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="Environment variable for the job, KEY=VALUE (repeatable). Secret-looking names are masked in listings.", show_default=False)] = None,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", help="Restart after a failure up to N times, resuming from the last complete checkpoint.")] = 0,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Turn progress tracking off: nothing is injected into the job, no metrics endpoint.")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="A name to find the job by (default: its id).", show_default=False)] = None,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of rank 0's progress endpoint (GET /metrics); 1024-65535.")] = 28080,
+    custom_metric: Annotated[Optional[list[str]], typer.Option("--custom-metric", help="Expose a logged value: LOGGED=EXPOSED (repeatable); an EXPOSED name starting with eval_ counts as an eval metric.", show_default=False)] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Id of a stopped or failed job to continue from its newest complete checkpoint.", show_default=False)] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream logs and progress until the job ends; the exit code is its outcome.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    script_args = list(args or [])
+    if script_args[:1] == ["--"]:
+        script_args = script_args[1:]
+    trainer = build_trainer(
+        target=target, args=script_args, module=module, nodes=nodes, procs_per_node=procs_per_node, cpu=cpu, gpu=gpu,
+        memory=memory, pkg=pkg, index_url=index_url, env=env, max_restarts=max_restarts, tracking=not no_progress,
+        metrics_port=metrics_port, custom_metric=custom_metric,
+    )  # fmt: skip
+    c = common.client()
+    if resume:
+        resume = common.resolve_job_id(resume)
+    try:
+        job_id = c.train(trainer, name=name, resume=resume)
+    except ValidationError as e:
+        raise CliExit(EXIT_USAGE, common.validation_message(e, FLAG_FOR_FIELD)) from None
+    if not follow:
+        if output is Output.json:
+            common.dump(job_record(c.get_job(job_id)))
+        else:
+            out.print(job_id)
+            err.print(f"submitted job {job_id}; follow it with: trainjob logs -f {job_id}  |  trainjob progress --watch {job_id}")
+        return
+    err.print(f"submitted job {job_id}" + (f" ({name})" if name else ""))
+    final = follow_job(job_id, logs=True)
+    if output is Output.json:
+        common.dump(final)
+    raise CliExit(OUTCOME_EXIT.get(final["status"], 1))
+
+
+def build_trainer(
+    *, target: str | None, args: list[str], module: str | None, nodes: int, procs_per_node: int | None, cpu: str | None,
+    gpu: int | None, memory: str | None, pkg: list[str] | None, index_url: list[str] | None, env: list[str] | None,
+    max_restarts: int, tracking: bool, metrics_port: int, custom_metric: list[str] | None,
+) -> TransformersTrainer:  # fmt: skip
+    """Flags -> a validated ``TransformersTrainer``; every problem (flags and spec) is reported at once."""
+    problems: list[Problem] = []
+    env_vars, p = common.parse_pairs(env, "--env", "HF_HUB_OFFLINE=1")
+    problems += p
+    customs, p = common.parse_pairs(custom_metric, "--custom-metric", "my_f1=eval_custom_f1")
+    problems += p
+    resources: dict[str, Any] = {}
+    if cpu is not None:
+        resources["cpu"] = cpu
+    if gpu is not None:
+        resources["gpu"] = gpu
+    if memory is not None:
+        resources["memory"] = memory
+    kw: dict[str, Any] = {}
+    if module:
+        kw["module"] = module
+        kw["script_args"] = ([target] if target is not None else []) + args
+    elif target is None:
+        problems.append(Problem("TARGET", None, "a script (train.py), a function reference (pkg.module:function) or -m MODULE"))
+    elif _FUNC_REF.match(target) and not Path(target).exists():
+        kw["func"] = target
+        func_args, p = _func_args(args)
+        problems += p
+        if func_args:
+            kw["func_args"] = func_args
+    else:
+        kw["script"] = target
+        kw["script_args"] = args
+    trainer_problems: list[Problem] = []
+    trainer = None
+    try:
+        trainer = TransformersTrainer(
+            num_nodes=nodes,
+            num_procs_per_node=procs_per_node,
+            resources_per_node=resources or None,
+            packages_to_install=pkg or None,
+            pip_index_urls=index_url or None,
+            env=env_vars or None,
+            max_restarts=max_restarts,
+            enable_progression_tracking=tracking,
+            metrics_port=metrics_port,
+            custom_metrics=customs or None,
+            **kw,
+        )
+    except ValidationError as e:
+        trainer_problems = e.problems
+    if "func" not in kw and "script" not in kw and "module" not in kw:
+        trainer_problems = [p for p in trainer_problems if p.field != "func"]  # already said: TARGET missing
+    problems += trainer_problems
+    if problems or trainer is None:
+        raise CliExit(EXIT_USAGE, common.validation_message(ValidationError(problems, "job"), FLAG_FOR_FIELD))
+    return trainer
+
+
+def _func_args(args: list[str]) -> tuple[dict[str, Any], list[Problem]]:
+    values: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for a in args:
+        key, sep, raw = a.partition("=")
+        if not sep or not key.isidentifier():
+            problems.append(Problem("KEY=VALUE", a, "a keyword argument for the function, e.g. max_steps=50 or name='\"x\"'"))
+            continue
+        try:
+            values[key] = json.loads(raw)
+        except ValueError:
+            values[key] = raw
+    return values, problems
+
+
+def follow_job(job_id: str, logs: bool) -> dict[str, Any]:
+    """Show the job until it ends and print a one-line outcome; Ctrl-C detaches (exit 130)."""
+    console = out if out.is_terminal else err
+    watcher = JobWatcher(common.client(), job_id, console, logs=logs)
+    try:
+        final = watcher.run()
+    except KeyboardInterrupt:
+        raise CliExit(EXIT_INTERRUPTED, f"\ndetached: job {job_id} keeps running (trainjob stop {job_id} to stop it)") from None
+    print_outcome(final)
+    return final
+
+
+def print_outcome(job: dict[str, Any]) -> None:
+    p = job.get("progress") or {}
+    line = status_text(job["status"])
+    line.append(f"  job {job['id']} after {fmt_duration(job.get('runtime_seconds'))}")
+    if p.get("currentStep") is not None:
+        line.append(f", step {p['currentStep']}/{p.get('totalSteps') or '?'}")
+    loss = (p.get("trainMetrics") or {}).get("loss")
+    if loss is not None:
+        line.append(f", loss {fmt_num(loss)}")
+    if job.get("message"):
+        line.append(f"\n  {job['message']}")
+    err.print(line)
+    if job["status"] == "Failed":
+        err.print(f"  details: trainjob status {job['id']}  |  trainjob logs {job['id']}")
+
+
+def demo(
+    steps: Annotated[int, typer.Option("--steps", help="Training steps (the tiny GPT-2 runs ~50-90 steps/s on 2 CPU cores).")] = 200,
+    name: Annotated[str, typer.Option("--name", help="Job name.")] = "demo",
+    logs: Annotated[bool, typer.Option("--logs", help="Also stream the job's logs.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Train a tiny GPT-2 (built locally, nothing downloaded) as a job, with a live progress bar.
+
+    Shows what trainjob does in ~15 seconds: submits trainjob.demo:train_tiny_gpt2, draws its
+    progress (step, ETA, loss, eval loss) until it ends, then prints its result. Exit code as for
+    run --follow.
+    """
+    trainer = TransformersTrainer(func="trainjob.demo:train_tiny_gpt2", func_args={"max_steps": steps}, env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    c = common.client()
+    job_id = c.train(trainer, name=name)
+    err.print(f"submitted job {job_id}: a 2-layer GPT-2 for {steps} steps (trainjob.demo:train_tiny_gpt2)")
+    final = follow_job(job_id, logs=logs)
+    result = result_record(c.get_job_result(job_id))
+    if output is Output.json:
+        common.dump({"job": final, "result": result})
+    else:
+        metrics = interesting(result.get("metrics"))
+        shown = {k: metrics[k] for k in ("loss", "eval_loss", "train_loss", "learning_rate") if k in metrics}
+        if shown:
+            out.print("final metrics: " + "  ".join(f"{k} {fmt_num(v)}" for k, v in shown.items()))
+        if result.get("checkpoint"):
+            out.print(f"checkpoint:    {result['checkpoint']}")
+        out.print(f"\nnext: trainjob metrics {job_id} --plot curves.png  |  trainjob dashboard  |  trainjob ls")
+    raise CliExit(OUTCOME_EXIT.get(final["status"], 1))
