@@ -14,7 +14,7 @@ fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=""
-  command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+  command -v chromium >/dev/null 2>&1 || missing="$missing chromium fonts-dejavu-core"
   command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
   if [ -n "$missing" ]; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null \

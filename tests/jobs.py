@@ -180,3 +180,152 @@ def sleep_for(seconds: float = 600):
     import time
 
     time.sleep(seconds)
+
+
+def _collective_loop(seconds: float = 60):
+    """All-reduce until a peer disappears (then gloo raises "Connection closed by peer")."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        dist.all_reduce(torch.ones(1))
+        time.sleep(0.01)
+
+
+def die_on_rank(rank: int = 1, sig: int = 9):
+    """Every rank joins a gloo group; ``rank`` then kills itself with ``sig`` while the others sit in all_reduce."""
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    dist.barrier()
+    if dist.get_rank() == rank:
+        os.kill(os.getpid(), sig)
+    _collective_loop()
+
+
+def raise_in_collective(rank: int = 1, message: str = "boom"):
+    """Every rank joins a gloo group; ``rank`` raises while the others sit in all_reduce (and fail after it)."""
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    dist.barrier()
+    if dist.get_rank() == rank:
+        time.sleep(0.5)  # the others are inside all_reduce by now
+        raise ValueError(message)
+    _collective_loop()
+
+
+def paced_tiny(max_steps: int = 400, step_sleep: float = 0.05, logging_steps: int = 5, eval_steps: int | None = 50):
+    """The tiny GPT-2, slowed down by a sleeping data collator: a job that stays Running for a while.
+
+    Used by dashboard/CLI tests that need a live job (curves that grow, stop). Sleeping costs no
+    CPU, so it does not load the shared machine like a longer job would.
+    """
+    import time
+
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from trainjob.demo import build_dataset, build_model, build_tokenizer, corpus
+
+    texts = corpus()
+    tokenizer = build_tokenizer(texts)
+    base = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+    def collate(features):
+        time.sleep(step_sleep)
+        return base(features)
+
+    args = TrainingArguments(
+        output_dir="./output", max_steps=max_steps, per_device_train_batch_size=8, learning_rate=5e-4,
+        logging_steps=logging_steps, eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps,
+        save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, ddp_find_unused_parameters=False,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=build_model(tokenizer), args=args, data_collator=collate, processing_class=tokenizer,
+        train_dataset=build_dataset(tokenizer, texts[:224]), eval_dataset=build_dataset(tokenizer, texts[224:]) if eval_steps else None,
+    )  # fmt: skip
+    return dict(trainer.train().metrics)
+
+
+# ---- resources and package environments (tests/test_scheduler.py, tests/test_envs.py) -------
+def placement_report(seconds: float = 0.0):
+    """What this rank was given: CPU affinity, thread counts, GPUs, memory cgroup; optionally holds them a while."""
+    import json
+    import time
+
+    time.sleep(seconds)
+    cgroup = None
+    try:
+        for line in open("/proc/self/cgroup"):
+            if ":memory:" in line or line.startswith("0::"):
+                cgroup = (cgroup or "") + line.strip() + ";"
+    except OSError:
+        pass
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRAINJOB_PLACEMENT", "RANK", "NODE_RANK", "GROUP_RANK")
+    for k in keys:
+        print(f"{k}={os.environ.get(k)}", flush=True)  # every rank's own view, in its log
+    return {"affinity": sorted(os.sched_getaffinity(0)), "env": {k: os.environ.get(k) for k in keys}, "cgroup": cgroup, "pid": os.getpid(), "time": time.time(), "json": json.dumps(1)}
+
+
+def use_package(module: str = "tjpkg", attribute: str = "VALUE"):
+    """Import a module installed through packages_to_install; report where it came from and torch's path."""
+    import importlib
+    import sys
+
+    mod = importlib.import_module(module)
+    import torch
+
+    return {"value": getattr(mod, attribute), "file": mod.__file__, "torch": torch.__file__, "python": sys.executable, "prefix": sys.prefix}
+
+
+def allocate_mb(mb: int = 1024, hold: float = 2.0):
+    """Allocate and touch ``mb`` MiB in 64 MiB pieces, then hold it; to hit a memory limit."""
+    import time
+
+    chunks = []
+    for _ in range(max(1, mb // 64)):
+        chunks.append(b"\x01" * (64 * 2**20))  # written, so the pages are really used (not lazily zero)
+    time.sleep(hold)
+    return len(chunks) * 64
+
+
+def package_value():
+    """Returns ``tjcli_pkg.VALUE``: proves the job ran in the environment built for ``--pkg tjcli-pkg``."""
+    import tjcli_pkg
+
+    return tjcli_pkg.VALUE
+
+
+# ---- Ray backend (tests/test_ray.py) ---------------------------------------------------------
+def fails_once_at(fail_at: int = 15, rank: int = 1, max_steps: int = 30, save_steps: int = 10, output_dir: str = "./output"):
+    """The tiny GPT-2; ``rank`` raises at step ``fail_at`` in the job's first attempt only (``TRAINJOB_ATTEMPT=0``)."""
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    from trainjob.demo import build_dataset, build_model, build_tokenizer, corpus
+
+    class FailOnce(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            first = os.environ.get("TRAINJOB_ATTEMPT", "0") == "0"
+            if first and state.global_step == fail_at and int(os.environ.get("RANK", 0)) == rank:
+                raise RuntimeError(f"injected failure at step {fail_at}")
+
+    texts = corpus()
+    tokenizer = build_tokenizer(texts)
+    args = TrainingArguments(
+        output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=8, learning_rate=5e-4, logging_steps=5,
+        save_strategy="steps", save_steps=save_steps, report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+        ddp_find_unused_parameters=False,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=build_model(tokenizer), args=args, train_dataset=build_dataset(tokenizer, texts[:224]),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[FailOnce()],
+    )  # fmt: skip
+    out = trainer.train()
+    return {**out.metrics, "global_step": trainer.state.global_step}

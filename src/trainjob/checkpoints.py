@@ -26,13 +26,25 @@ def list_checkpoints(output_dir: str | Path | None) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(checkpoint: str | Path) -> int | None:
+    """The step in a ``checkpoint-N`` folder's name, or None for another name."""
+    m = _CKPT.match(Path(checkpoint).name)
+    return int(m.group(1)) if m else None
+
+
 def is_complete(checkpoint: Path) -> bool:
+    """True if the Trainer finished writing this checkpoint: its ``trainer_state.json`` parses and names its step."""
     m = _CKPT.match(checkpoint.name)
     try:
         state = json.loads((checkpoint / STATE_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return bool(m) and int(state.get("global_step", -1)) == int(m.group(1))  # type: ignore[union-attr]
+    if not m or not isinstance(state, dict):
+        return False
+    try:
+        return int(state.get("global_step", -1)) == int(m.group(1))
+    except (TypeError, ValueError):
+        return False
 
 
 def latest_complete(output_dir: str | Path | None) -> Path | None:

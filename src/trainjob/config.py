@@ -29,11 +29,28 @@ class LocalBackendConfig:
 class RayBackendConfig:
     """Run jobs on a Ray cluster through the Ray Jobs API (``pip install trainjob[ray]``).
 
-    ``address``: ``"auto"``, ``"ray://host:10001"`` or a dashboard URL ``"http://host:8265"``.
+    ``address``: ``"auto"`` (``RAY_ADDRESS`` or the cluster started on this machine), the GCS
+    ``"host:6379"``, ``"ray://host:10001"`` (Ray Client) or a dashboard URL ``"http://host:8265"``.
+    ``home``: the folder *on the cluster's nodes* where each job gets ``jobs/<id>/`` (its working
+    directory ``workdir/``, where a relative ``output_dir`` and the checkpoints land); the same
+    path on every node, on shared storage for multi-node resume (default: the nodes'
+    ``$TRAINJOB_HOME`` or ``~/.trainjob``). ``gcs_address``: the GCS when ``address`` is a
+    dashboard URL (default: its host, port 6379). ``installer``: ``"uv"`` or ``"pip"`` for
+    ``packages_to_install``. ``python``: the Python command on the nodes that runs trainjob's
+    driver. ``check_resources``: refuse at ``train()`` a job whose worker fits on no current node
+    (turn off for an autoscaling cluster that adds bigger nodes on demand). ``working_dir``: a
+    local folder shipped with every job and put on the ranks' ``PYTHONPATH`` (code of module and
+    ``"pkg.mod:fn"`` jobs that is not installed on the nodes; a script job ships its own folder).
+    See docs/ray.md.
     """
 
     address: str = "auto"
     home: str | os.PathLike | None = None
+    gcs_address: str | None = None
+    installer: str = "uv"
+    python: str = "python"
+    check_resources: bool = True
+    working_dir: str | os.PathLike | None = None
 
     backend_path: ClassVar[str] = "trainjob.backends.ray:RayBackend"
 

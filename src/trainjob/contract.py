@@ -40,7 +40,7 @@ EVENTS_FILE = "events.jsonl"  # train_begin / evaluate / save / train_end, appen
 ENDPOINT_FILE = "endpoint.json"  # {"host", "port"} of rank 0's /metrics server
 RESULT_FILE = "result.pkl"  # rank 0's return value
 ERRORS_DIR = "errors"  # errors/rank-N.json: a rank's exception
-PIDS_DIR = "pids"  # pids/rank-N.json: pid and start time, to clean up orphans
+PIDS_DIR = "pids"  # pids/rank-N.json (ranks), pids/node-K.json (launchers): pid and start time, to end orphans
 STOP_FILE = "stop"  # present: ranks save a checkpoint at an agreed step and end
 
 

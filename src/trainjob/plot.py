@@ -82,7 +82,7 @@ def plot_metrics(entries: list[dict[str, Any]], path: str | os.PathLike, title: 
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 3.4 * rows), squeeze=False, layout="constrained")
     restarts = _restart_steps(entries)
-    for ax, (name, ylabel, keys) in zip(axes.flat, groups):
+    for ax, (name, ylabel, keys) in zip(axes.flat, groups, strict=False):  # extra axes are hidden below
         for key in keys:
             is_eval = key.startswith("eval_")
             for i, (_, seg) in enumerate(_segments(data[key])):

@@ -150,6 +150,14 @@ def local_capacity() -> MachineCapacity:
     return MachineCapacity(cpus=cpus, memory=_total_memory(), gpus=tuple(detect_gpus()))
 
 
+def local_cpu_ids() -> list[int]:
+    """The ids of the CPUs this process may run on (its affinity), sorted: what the scheduler hands out."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
 def _total_memory() -> int:
     import psutil
 

@@ -1,80 +1,117 @@
 """``trainjob envs ls|prune``: the cached package environments of ``--pkg`` / ``packages_to_install``.
 
-The environments themselves belong to the local backend (``trainjob.backends.local.envs``); this
-module only calls its ``list_envs`` and ``prune_envs`` and shows what they return (dataclasses,
-dicts or plain values). Arguments are passed by name when the function accepts them, so the
-command keeps working as those functions grow options.
+The environments belong to the local backend (``trainjob.backends.local.envs``: ``list_envs`` and
+``prune_envs``); this module shows them and asks for their removal.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from typing import Annotated, Any, Callable
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.table import Table
 
 from trainjob import contract
 from trainjob.cli import common
-from trainjob.cli.common import EXIT_FAILED, CliExit, Output, OutputOpt, err, out
-from trainjob.cli.records import jsonable
-from trainjob.cli.render import envs_table
+from trainjob.cli.common import EXIT_FAILED, EXIT_USAGE, CliExit, Output, OutputOpt, err, out
+from trainjob.cli.records import iso, jsonable
+from trainjob.cli.render import fmt_age, fmt_duration
+from trainjob.resources import format_bytes
 
 app = typer.Typer(help="Cached package environments (built for --pkg / packages_to_install).", no_args_is_help=True)
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+
 
 def _function(name: str) -> Callable[..., Any]:
-    from trainjob.backends.local import envs
-
+    try:
+        from trainjob.backends.local import envs
+    except ImportError as e:  # pragma: no cover - the module ships with trainjob
+        raise CliExit(EXIT_FAILED, f"error: package environments are not available: {e}") from None
     fn = getattr(envs, name, None)
     if fn is None:
         raise CliExit(EXIT_FAILED, f"error: this trainjob has no cached package environments (trainjob.backends.local.envs.{name} is missing)")
     return fn
 
 
-def _call(fn: Callable[..., Any], **available: Any) -> Any:
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return fn(**{k: v for k, v in available.items() if takes_any or k in params})
-
-
-def _record(item: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(item) and not isinstance(item, type):
-        return jsonable(dataclasses.asdict(item))
-    if isinstance(item, dict):
-        return jsonable(item)
-    return {"env": jsonable(item)}
-
-
 def _home():
-    return common.client().backend.home if hasattr(common.client().backend, "home") else contract.home()
+    return getattr(common.client().backend, "home", None) or contract.home()
+
+
+def env_record(info: Any) -> dict[str, Any]:
+    """An ``EnvInfo`` as JSON: times as ISO 8601 UTC, sizes in bytes, paths as strings."""
+    d = dataclasses.asdict(info) if dataclasses.is_dataclass(info) and not isinstance(info, type) else dict(info)
+    for key in ("created_at", "last_used_at"):
+        if isinstance(d.get(key), (int, float)):
+            d[key] = iso(datetime.fromtimestamp(d[key], tz=timezone.utc))
+    return jsonable(d)
+
+
+def envs_table(records: list[dict[str, Any]]) -> Table:
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("KEY", "PACKAGES", "INDEX", "SIZE", "LAST USED", "IN USE", "BUILD"):
+        t.add_column(col, overflow="fold", no_wrap=col in ("KEY", "SIZE"))
+    for r in records:
+        index = r.get("index_url") or "-"
+        if r.get("extra_index_urls"):
+            index += f" (+{len(r['extra_index_urls'])})"
+        t.add_row(
+            str(r.get("key")),
+            ", ".join(r.get("requirements") or []) or "-",
+            index,
+            format_bytes(r.get("size_bytes")),
+            fmt_age(r.get("last_used_at")),
+            "yes" if r.get("in_use") else "",
+            fmt_duration(r.get("build_seconds")),
+        )
+    return t
+
+
+def parse_duration(text: str) -> float:
+    """``90`` (seconds), ``30m``, ``12h``, ``7d``, ``2w`` -> seconds. Raises ``ValueError``."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"--older-than {text!r}: a duration such as 90 (seconds), 30m, 12h, 7d or 2w")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
 @app.command("ls")
 def ls(output: OutputOpt = Output.table) -> None:
-    """List cached environments: their packages, size and when they were last used."""
-    records = [_record(e) for e in _call(_function("list_envs"), home=_home()) or []]
+    """List cached environments, most recently used first: packages, index, size, last use."""
+    records = [env_record(e) for e in _function("list_envs")(_home())]
     if output is Output.json:
         common.dump(records)
     elif not records:
-        err.print("no cached package environments")
+        err.print("no cached package environments (jobs submitted with --pkg build them)")
     else:
         out.print(envs_table(records))
 
 
 @app.command("prune")
 def prune(
-    all_: Annotated[bool, typer.Option("--all", help="Remove every environment not used by a running job, not only stale ones.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be removed.")] = False,
+    older_than: Annotated[
+        Optional[str],
+        typer.Option("--older-than", help="Only environments no job used for this long: 90 (seconds), 30m, 12h, 7d, 2w. Default: every environment no running job uses.", show_default=False),
+    ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Remove cached environments that no running job uses."""
-    removed = _call(_function("prune_envs"), home=_home(), all=all_, dry_run=dry_run)
-    records = [_record(e) for e in (removed if isinstance(removed, (list, tuple)) else [] if removed is None else [removed])]
+    """Remove cached environments that no running job uses (safe while jobs run)."""
+    seconds = None
+    if older_than is not None:
+        try:
+            seconds = parse_duration(older_than)
+        except ValueError as e:
+            raise CliExit(EXIT_USAGE, f"error: {e}") from None
+    records = [env_record(e) for e in _function("prune_envs")(_home(), older_than=seconds)]
     if output is Output.json:
         common.dump(records)
     elif not records:
         err.print("nothing to prune")
     else:
-        err.print(("would remove" if dry_run else "removed") + f" {len(records)} environment(s):")
+        freed = sum(r.get("size_bytes") or 0 for r in records)
+        err.print(f"removed {len(records)} environment(s), {format_bytes(freed)} freed:")
         out.print(envs_table(records))

@@ -127,6 +127,8 @@ def metrics(
             written = plot_metrics(entries, plot, title=_title(c.get_job(job_id)))
         except NoMetricsError as e:
             raise CliExit(EXIT_FAILED, f"error: {e}") from None
+        except ImportError as e:
+            raise CliExit(EXIT_FAILED, f"error: --plot needs matplotlib: pip install 'trainjob[dashboard]' ({e})") from None
         err.print(f"wrote {written}")
     shown = entries[-last:] if last else entries
     if output is Output.json:

@@ -12,7 +12,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -257,32 +257,3 @@ def result_view(result: dict[str, Any]) -> Group:
     if result.get("error"):
         parts.append(error_text(result["error"]))
     return Group(*parts)
-
-
-def envs_table(envs: list[dict[str, Any]]) -> Table:
-    t = Table(box=None, header_style="bold", pad_edge=False)
-    keys: list[str] = []
-    for e in envs:
-        for k in e:
-            if k not in keys:
-                keys.append(k)
-    for k in keys:
-        t.add_column(k.upper(), overflow="fold")
-    for e in envs:
-        t.add_row(*(_cell(e.get(k)) for k in keys))
-    return t
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (list, tuple)):
-        return ", ".join(str(x) for x in v)
-    if isinstance(v, float):
-        return fmt_num(v)
-    return str(v)
-
-
-def make_consoles() -> tuple[Console, Console]:
-    """(stdout, stderr) consoles. Output that is not a terminal gets no colors and no redraws."""
-    return Console(highlight=False), Console(stderr=True, highlight=False)

@@ -18,6 +18,7 @@ from trainjob.errors import Problem, ValidationError
 from trainjob.trainers import TransformersTrainer
 
 _FUNC_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 # Trainer field -> the flag that sets it, so validation errors name what the user typed.
 FLAG_FOR_FIELD = {
@@ -134,6 +135,8 @@ def build_trainer(
         problems += p
         if func_args:
             kw["func_args"] = func_args
+    elif _DOTTED.match(target) and not target.endswith(".py") and not Path(target).exists():
+        problems.append(Problem("TARGET", target, f"no file {target!r} here; to run a module use -m {target}, a function: {target}:NAME"))
     else:
         kw["script"] = target
         kw["script_args"] = args
@@ -156,7 +159,7 @@ def build_trainer(
     except ValidationError as e:
         trainer_problems = e.problems
     if "func" not in kw and "script" not in kw and "module" not in kw:
-        trainer_problems = [p for p in trainer_problems if p.field != "func"]  # already said: TARGET missing
+        trainer_problems = [p for p in trainer_problems if p.field != "func"]  # already said: TARGET is wrong
     problems += trainer_problems
     if problems or trainer is None:
         raise CliExit(EXIT_USAGE, common.validation_message(ValidationError(problems, "job"), FLAG_FOR_FIELD))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainjob import contract
+from trainjob.runtime import affinity
 from trainjob.runtime.hints import hint_for
 
 TRACEBACK_LINES = 40
@@ -31,6 +32,7 @@ def main() -> int:
     attempt = int(os.environ.get(contract.ATTEMPT, "0"))
     _redirect_output(job_dir / contract.LOGS / f"attempt-{attempt}" / f"rank-{info.rank}.log")
     _record_pid(run_dir, info.rank)
+    affinity.apply_placement()  # this rank's CPUs, GPUs and memory cgroup from the local scheduler
     tracking = os.environ.get(contract.TRACKING) == "1"
     resume = os.environ.get(contract.RESUME) == "1"
     if tracking or resume:

@@ -44,6 +44,15 @@ def _apply(module: ModuleType) -> None:
 
 
 def _add_auto_resume(module: ModuleType) -> None:
+    """Make ``Trainer.train()`` resume from the newest *complete* checkpoint in its ``output_dir``.
+
+    Installed only in a restarted or resumed job (``TRAINJOB_RESUME=1``), so user code needs no
+    ``resume_from_checkpoint``. ``None`` (the default) and ``True`` both mean "the newest complete
+    one": HF's own ``True`` takes the highest-numbered folder even when it was cut short by a
+    kill mid-save, and then fails to load it. An explicit path, or ``False``, is left alone.
+    Every subclass (TRL's trainers) goes through ``transformers.Trainer.train``, so patching it
+    once reaches them all; idempotent.
+    """
     trainer_cls = module.Trainer
     if getattr(trainer_cls.train, "_trainjob_auto_resume", False):
         return
@@ -51,17 +60,45 @@ def _add_auto_resume(module: ModuleType) -> None:
 
     @functools.wraps(original)
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if resume_from_checkpoint is None:
-            from trainjob.checkpoints import latest_complete
+        if resume_from_checkpoint is None or resume_from_checkpoint is True:
+            from trainjob.checkpoints import checkpoint_step, latest_complete, list_checkpoints
 
-            ckpt = latest_complete(self.args.output_dir)
+            output_dir = self.args.output_dir
+            ckpt = latest_complete(output_dir)
             if ckpt is not None:
-                print(f"[trainjob] resuming from {ckpt}", flush=True)
+                skipped = [p.name for p in list_checkpoints(output_dir) if (checkpoint_step(p) or 0) > (checkpoint_step(ckpt) or 0)]
+                _report_resume(ckpt, skipped)
                 resume_from_checkpoint = str(ckpt)
+            elif resume_from_checkpoint is True:
+                resume_from_checkpoint = None  # nothing complete to resume from: start fresh, as a new job would
         return original(self, resume_from_checkpoint, *args, **kwargs)
 
     train._trainjob_auto_resume = True  # type: ignore[attr-defined]
     trainer_cls.train = train
+
+
+def _report_resume(ckpt, skipped: list[str]) -> None:
+    """Say in the rank's log, and (rank 0) in the job's events, where training resumes from."""
+    import os
+    import time
+
+    note = f" (skipped incomplete {', '.join(skipped)})" if skipped else ""
+    print(f"[trainjob] resuming from {ckpt}{note}", flush=True)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from trainjob import contract
+    from trainjob.checkpoints import checkpoint_step
+    from trainjob.runtime import sinks
+
+    sinks.current().event(
+        {
+            "time": time.time(),
+            "reason": "Resuming",
+            "message": f"resuming from {ckpt.name}{note}",
+            "data": {"checkpoint": os.path.abspath(ckpt), "step": checkpoint_step(ckpt), "skipped": skipped},
+            "attempt": int(os.environ.get(contract.ATTEMPT, "0")),
+        }
+    )
 
 
 def installed() -> bool:

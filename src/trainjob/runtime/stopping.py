@@ -31,8 +31,10 @@ def request() -> None:
 
 def _on_sigterm(signum: int, frame: object) -> None:
     # Inside trainer.train(): stop gracefully at the next agreed step. Elsewhere there is no
-    # step to agree on, so SIGTERM keeps its usual meaning.
-    if _training:
+    # step to agree on, so SIGTERM keeps its usual meaning; and a second SIGTERM does too (a
+    # launcher ending the ranks after another one failed must not wait for a save that cannot
+    # happen).
+    if _training and not _requested:
         request()
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -53,6 +53,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX metrics_job ON metrics(job_id, id);
     """,
+    # 1 -> 2: the local scheduler's resource leases (backends/local/scheduler.py)
+    """
+    CREATE TABLE leases (
+        job_id       TEXT PRIMARY KEY,
+        job_created  REAL NOT NULL,          -- queue order: first created, first served
+        state        TEXT NOT NULL,          -- 'waiting' or 'held'
+        request      TEXT NOT NULL,          -- JSON: nodes, procs_per_node, cpus, memory, gpus (per node)
+        assigned     TEXT,                   -- JSON: each node's CPU ids, GPU ids, memory, cgroups
+        holder_pid   INTEGER NOT NULL,       -- the supervisor holding or waiting for it
+        holder_start REAL,                   -- its start time: pid identity
+        since        REAL NOT NULL
+    );
+    CREATE INDEX leases_order ON leases(state, job_created);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -35,6 +35,7 @@ from trainjob.types import Event, JobStatus, Result, Step, TrainJob
 _ALPHA = string.ascii_lowercase
 _ALNUM = string.ascii_lowercase + string.digits
 FOLLOW_INTERVAL = 0.2
+SUPERVISOR_START_GRACE = 60.0  # seconds a new job may wait for its supervisor to record itself
 
 
 def new_job_id() -> str:
@@ -110,10 +111,20 @@ class LocalBackend(Backend):
         _forget_child(proc)
 
     def _resume_source(self, job_id: str) -> JobDir:
-        job = self.get_job(job_id)
-        if not job.status.is_terminal:
-            raise JobStateError(f"cannot resume job {job_id}: it is {job.status.value}; stop it first (stop_job) or wait for it")
-        return JobDir.for_job(self.home, job_id)
+        """The folder of the ended job that ``resume=job_id`` continues from (validated here, in the caller)."""
+        if not isinstance(job_id, str) or not job_id:
+            raise ValidationError([Problem("resume", job_id, "the id of an ended job (a 12-character string from train())")], "train()")
+        row = self._row(job_id)  # JobNotFoundError names the id
+        if row.backend != self.name:
+            raise JobStateError(f"cannot resume job {job_id}: it ran on the {row.backend!r} backend, not on this local one")
+        if not row.status.is_terminal:
+            raise JobStateError(
+                f"cannot resume job {job_id}: it is {row.status.value}; stop it first (stop_job) and wait until it is Stopped"
+            )
+        source = JobDir.for_job(self.home, job_id)
+        if not source.workdir.is_dir():
+            raise JobStateError(f"cannot resume job {job_id}: its working folder {source.workdir} is gone")
+        return source
 
     # ---- read --------------------------------------------------------------------------
     def _row(self, job_id: str) -> JobRow:
@@ -123,32 +134,53 @@ class LocalBackend(Backend):
         return self.reconcile(row)
 
     def reconcile(self, row: JobRow) -> JobRow:
-        """A non-terminal job whose supervisor is gone is recorded Failed, its leftover ranks ended."""
+        """A non-terminal job whose supervisor is gone is recorded Failed, its leftover processes ended.
+
+        Called by every reader, in any process. The supervisor is identified by pid *and* start
+        time, so a reused pid does not keep a dead job "Running". A job whose supervisor has not
+        recorded itself yet (``train()`` inserts the row a moment before it spawns the
+        supervisor) gets ``SUPERVISOR_START_GRACE`` seconds before it counts as lost. Idempotent:
+        ``transition`` lets only one reader record the failure.
+        """
         if row.status.is_terminal or row.backend != self.name:
+            return row
+        if row.supervisor_pid is None and time.time() - row.created_at < SUPERVISOR_START_GRACE:
             return row
         if procs.is_alive(row.supervisor_pid, row.supervisor_start):
             return row
         fresh = self.store.get_job(row.id)  # it may have finished between our two reads
         if fresh is None or fresh.status.is_terminal:
             return fresh or row
-        self._end_orphans(JobDir.for_job(self.home, row.id))
-        msg = f"supervisor process {row.supervisor_pid} died unexpectedly; leftover ranks were ended"
-        if self.store.transition(row.id, JobStatus.FAILED, message=msg, error={"type": "SupervisorLost", "message": msg, "rank": None}):
-            self.store.add_event(row.id, "Failed", msg)
+        if fresh.supervisor_pid != row.supervisor_pid and procs.is_alive(fresh.supervisor_pid, fresh.supervisor_start):
+            return fresh
+        jobdir = JobDir.for_job(self.home, row.id)
+        ended = self._end_orphans(jobdir)
+        if row.supervisor_pid is None:
+            msg = f"the job's supervisor never started (submitted {time.time() - row.created_at:.0f}s ago)"
+        else:
+            msg = f"the job's supervisor (pid {row.supervisor_pid}) died without recording an outcome"
+        msg += f"; {ended} leftover process{'es' if ended != 1 else ''} ended" if ended else "; no process of the job was left"
+        tail = _tail(jobdir.supervisor_log, 20)
+        error = {"type": "SupervisorLost", "message": msg, "rank": None, "traceback": tail}
+        if self.store.transition(row.id, JobStatus.FAILED, message=msg, error=error):
+            self.store.add_event(row.id, "Failed", msg, {"error": error})
         return self.store.get_job(row.id) or row
 
-    def _end_orphans(self, jobdir: JobDir) -> None:
-        alive = []
-        for f in (jobdir.run_dir / contract.PIDS_DIR).glob("rank-*.json"):
+    def _end_orphans(self, jobdir: JobDir) -> int:
+        """End the launchers and ranks recorded in ``run/pids/`` (identity checked); how many were alive."""
+        alive = {}
+        for f in (jobdir.run_dir / contract.PIDS_DIR).glob("*.json"):
             try:
                 rec = json.loads(f.read_text())
             except (OSError, ValueError):
                 continue
             p = procs.process(rec.get("pid"), rec.get("start"))
             if p is not None:
-                alive.append(p)
+                alive[p.pid] = p
         if alive:
-            procs.kill_tree(alive, grace=2.0)
+            # SIGKILL: with no supervisor there is nobody to collect a graceful stop.
+            procs.kill_tree(list(alive.values()), grace=2.0, sig=signal.SIGKILL)
+        return len(alive)
 
     def get_job(self, job_id: str) -> TrainJob:
         return self._to_job(self._row(job_id))
@@ -194,14 +226,24 @@ class LocalBackend(Backend):
 
     # ---- control -----------------------------------------------------------------------
     def stop_job(self, job_id: str) -> None:
+        """Ask the job to stop; returns at once (wait for ``Stopped`` with ``wait_for_job_status``).
+
+        A no-op on an ended job. The request is the ``stop`` file in the run folder: a supervisor
+        still waiting for resources gives up, a running one carries the stop out (see the
+        supervisor's ``_monitor``). Idempotent.
+        """
         row = self._row(job_id)
         if row.status.is_terminal:
             return
         jobdir = JobDir.for_job(self.home, job_id)
-        (jobdir.run_dir / contract.STOP_FILE).touch()
+        stop_file = jobdir.run_dir / contract.STOP_FILE
+        if stop_file.exists():
+            return
+        stop_file.touch()
         self.store.add_event(job_id, "StopRequested", "stop requested by the user")
 
     def delete_job(self, job_id: str) -> None:
+        """End the job's supervisor and every process of the job, then remove its files and rows."""
         row = self.store.get_job(job_id)
         if row is None:
             raise JobNotFoundError(job_id)
@@ -332,15 +374,39 @@ def _load_return_value(path: Path) -> Any:
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Copy a job's workdir for a resumed job, hard-linking files (checkpoints can be large)."""
+    """Copy an ended job's workdir into a resumed job's, hard-linking the complete checkpoints.
+
+    Files inside a complete ``checkpoint-N`` folder are never written again (a resumed Trainer
+    saves new, higher-numbered ones), so sharing them is safe and saves the space and time of a
+    copy. Everything else (a partial checkpoint, final model files in ``output_dir`` that the new
+    job will overwrite in place, logs, data) is copied, so the new job can never change the old
+    job's files. Falls back to copying when hard links are impossible (another filesystem).
+    """
+    from trainjob.checkpoints import is_complete
+
     def link(s: str, d: str) -> None:
         try:
             os.link(s, d)
         except OSError:
             shutil.copy2(s, d)
 
+    def copy_dir(s: Path, d: Path) -> None:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for entry in s.iterdir():
+            target = d / entry.name
+            if entry.is_symlink():
+                if not target.exists():
+                    os.symlink(os.readlink(entry), target)
+            elif entry.is_dir():
+                if is_complete(entry):
+                    shutil.copytree(entry, target, copy_function=link, dirs_exist_ok=True, symlinks=True)
+                else:
+                    copy_dir(entry, target)
+            elif entry.is_file():
+                shutil.copy2(entry, target)
+
     if src.is_dir():
-        shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True, symlinks=True)
+        copy_dir(src, dst)
 
 
 def _forget_child(proc: subprocess.Popen) -> None:
@@ -348,6 +414,16 @@ def _forget_child(proc: subprocess.Popen) -> None:
     import threading
 
     threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _dt(ts: float) -> datetime:

@@ -18,7 +18,9 @@ How the layer is made (with ``uv``, a dependency of trainjob):
    (METADATA, entry points..., and a RECORD that lists only those copies). uv then sees the base
    packages as installed and satisfied and installs only what is missing. If the job asks for a
    different version of a base package, uv "uninstalls" the copy (removing only the copy: its
-   RECORD names nothing else) and installs the requested version into the layer.
+   RECORD names nothing else) and installs the requested version into the layer. (Base
+   distributions installed the legacy ``.egg-info`` way are not copied: uv may install those
+   again into the layer, which costs time, not correctness.)
 4. ``uv pip install -r requirements.txt`` into the layer with the job's indexes
    (``pip_index_urls``: the first is ``--index-url``, the rest ``--extra-index-url``; with none,
    pip's own configured ones) and pip's configured ``find-links`` (uv does not read pip's
@@ -308,7 +310,7 @@ def ensure_env(home: Path, plan: EnvPlan, log: IO[str], on_build_start=None) -> 
     under a running job. Concurrent callers with the same plan build once: the builder holds the
     entry's exclusive lock; the others wait for it and then find the entry.
     """
-    root = Path(home) / ENVS_DIR
+    root = Path(home).absolute() / ENVS_DIR
     (root / LOCKS_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
     final = root / plan.key
     lock = open(root / LOCKS_DIR / f"{plan.key}.lock", "ab")
@@ -316,7 +318,7 @@ def ensure_env(home: Path, plan: EnvPlan, log: IO[str], on_build_start=None) -> 
         fcntl.flock(lock, fcntl.LOCK_SH)
         cached = _complete(final)
         if not cached:
-            log.write(f"[trainjob] environment {plan.key} not cached; waiting for its build lock\n")
+            log.write(f"[trainjob] environment {plan.key} is not cached: building it, or waiting for the job that is\n")
             log.flush()
             fcntl.flock(lock, fcntl.LOCK_EX)  # drops our shared lock while it waits: no deadlock
             cached = _complete(final)  # another job may have built it while we waited
@@ -406,7 +408,8 @@ def _run(argv: list[str], log: IO[str], plan: EnvPlan) -> None:
     rc = proc.wait()
     log.flush()
     if rc != 0:
-        tail = "\n".join(lines[-OUTPUT_TAIL_LINES:]).strip()
+        said = [ln for ln in lines if not ln.startswith(("Using Python ", "Using CPython "))]  # uv's preamble
+        tail = "\n".join(said[-OUTPUT_TAIL_LINES:]).strip()
         what = "creating the environment" if argv[1] == "venv" else f"installing packages_to_install={list(plan.requirements)}"
         raise PackageInstallError(f"{what} failed (uv exited with code {rc}):\n{tail}")
 
@@ -515,6 +518,7 @@ def prune_envs(home: str | os.PathLike, older_than: float | timedelta | None = N
 def _remove_if_unlocked(root: Path, key: str, paths: list[Path]) -> bool:
     lock_path = root / LOCKS_DIR / f"{key}.lock"
     try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = open(lock_path, "ab")
     except OSError:
         return False

@@ -149,7 +149,8 @@ def collect_failures(
         at = e.get("time")
         if ending_since is not None and at is not None and at > ending_since:
             tier = TIER_CONSEQUENCE
-        f = Failure(rank, node_of.get(rank), etype, msg, tier, time=at, traceback=e.get("traceback") or "", hint=e.get("hint"))
+        node = node_of.get(rank) if rank is not None else e.get("node")
+        f = Failure(rank, node, etype, msg, tier, time=at, traceback=e.get("traceback") or "", hint=e.get("hint"))
         failures.append(f)
         if rank is not None:
             by_rank[rank] = f

@@ -41,6 +41,7 @@ def plan_launch(
     metrics_host: str = LOOPBACK,
     extra_env: Mapping[str, str] | None = None,
     resume: bool = False,
+    cpus: int | None = None,
 ) -> list[NodeLaunch]:
     """The launch plan of every node of a job.
 
@@ -63,6 +64,10 @@ def plan_launch(
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     # Keep all distributed traffic on loopback (gloo otherwise picks the host's interface).
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if world > 1 and cpus:
+        # All ranks share this machine: without this each would start one thread per core
+        # (torchrun only does so for several ranks per agent, not for several agents).
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // world)))
     env.update(
         {
             contract.JOB_ID: job_id,

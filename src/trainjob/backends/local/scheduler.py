@@ -1,20 +1,523 @@
-"""Local resource scheduler. Placeholder until issue 4 lands."""
+"""The local scheduler: which job may use which CPUs, GPUs and memory of this machine, and when.
+
+Every job's supervisor is its own process, so the books are kept where all of them can see them:
+the ``leases`` table of the SQLite store, changed only in ``BEGIN IMMEDIATE`` transactions (one
+writer at a time). A job that asks for resources enters the queue (a ``waiting`` lease); each
+time any supervisor looks at the queue (every ``POLL_INTERVAL`` while it waits, and when it
+releases), the waiting leases are granted **strictly in order of job creation** while they fit:
+the first one that does not fit stops the walk, so small jobs never overtake (and starve) a large
+one. Waiting jobs are ``Queued`` with their ``queue_position`` (1 = next) and a message saying
+what they wait for.
+
+What a job costs, per node, times ``num_nodes`` (local nodes share the machine):
+
+- ``cpu``: whole cores (a fractional request is rounded up: a core is the unit of CPU affinity),
+  pinned with ``sched_setaffinity``, and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/
+  ``OPENBLAS_NUM_THREADS`` set to the cores per rank (unless the job's ``env`` sets them);
+- ``gpu``: that many of the GPUs present (``resources.detect_gpus``), given to the node's ranks in
+  ``CUDA_VISIBLE_DEVICES``;
+- ``memory``: bytes, reserved from the machine's total and enforced (see ``memlimit``).
+
+A job that asks for nothing (no ``resources_per_node``) costs nothing and never waits: it is not
+pinned and shares the machine like any other process (best effort, as a Kubernetes pod without
+requests). Where the machine has GPUs, such a job sees none (``CUDA_VISIBLE_DEVICES=""``): GPUs
+are only used by jobs that were given them, so two jobs never fight over one.
+
+A lease is released by the supervisor on every way out (``Grant.release`` runs in a ``finally``),
+removed by ``forget`` when a job is deleted, and reclaimed by any scheduler pass when its holder
+(the supervisor: pid + start time) is dead; ranks such a supervisor left behind are ended first,
+so a reclaimed lease never hands out CPUs or memory that are still in use.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import sqlite3
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from trainjob.backends.local import memlimit, procs
+from trainjob.errors import BackendError
+from trainjob import resources
+from trainjob.resources import format_bytes
+from trainjob.runtime.affinity import PLACEMENT_ENV
+from trainjob.types import JobStatus
+
+POLL_INTERVAL = 0.25  # seconds between two looks at the queue while waiting
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_WAITING, _HELD = "waiting", "held"
+
+
+class SchedulingError(BackendError):
+    """A job's resources can never be granted on this machine (or its lease vanished)."""
+
+
+# ---- pure model ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Request:
+    """What a job asks of this machine, per node."""
+
+    nodes: int = 1
+    procs_per_node: int = 1
+    cpus: int = 0  # whole cores
+    memory: int = 0  # bytes
+    gpus: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "Request":
+        res = spec.get("resources") or {}
+        cpu = res.get("cpu")
+        return cls(
+            nodes=int(spec.get("num_nodes") or 1),
+            procs_per_node=int(spec.get("procs_per_node") or 1),
+            cpus=int(math.ceil(float(cpu) - 1e-9)) if cpu else 0,
+            memory=int(res.get("memory") or 0),
+            gpus=int(res.get("gpu") or 0),
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.cpus or self.memory or self.gpus)
+
+    def describe(self) -> str:
+        parts = []
+        if self.cpus:
+            parts.append(f"{self.cpus} CPU{'s' if self.cpus != 1 else ''}")
+        if self.memory:
+            parts.append(f"{format_bytes(self.memory)} memory")
+        if self.gpus:
+            parts.append(f"{self.gpus} GPU{'s' if self.gpus != 1 else ''}")
+        what = ", ".join(parts) or "nothing"
+        return what + (f" per node x {self.nodes} nodes" if self.nodes > 1 else "")
+
+    def to_json(self) -> dict[str, int]:
+        return {"nodes": self.nodes, "procs_per_node": self.procs_per_node, "cpus": self.cpus, "memory": self.memory, "gpus": self.gpus}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the scheduler hands out: CPU ids, total memory, GPU ids (as CUDA_VISIBLE_DEVICES names them)."""
+
+    cpu_ids: tuple[int, ...]
+    memory: int
+    gpu_ids: tuple[str, ...]
+
+    @classmethod
+    def detect(cls) -> "Machine":
+        # Through the module, so that resources.detect_gpus stays the one detection boundary.
+        return cls(tuple(resources.local_cpu_ids()), resources.local_capacity().memory, tuple(resources.detect_gpus()))
+
+
+@dataclass(frozen=True)
+class NodeAssignment:
+    cpus: tuple[int, ...] = ()
+    gpus: tuple[str, ...] = ()
+    memory: int = 0
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The concrete resources of every node of one job."""
+
+    nodes: tuple[NodeAssignment, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{"cpus": list(n.cpus), "gpus": list(n.gpus), "memory": n.memory} for n in self.nodes]
+
+    @classmethod
+    def from_json(cls, data: Iterable[Mapping[str, Any]]) -> "Assignment":
+        return cls(tuple(NodeAssignment(tuple(n.get("cpus") or ()), tuple(str(g) for g in n.get("gpus") or ()), int(n.get("memory") or 0)) for n in data))
+
+    @property
+    def cpus(self) -> list[int]:
+        return [c for n in self.nodes for c in n.cpus]
+
+    @property
+    def gpus(self) -> list[str]:
+        return [g for n in self.nodes for g in n.gpus]
+
+    @property
+    def memory(self) -> int:
+        return sum(n.memory for n in self.nodes)
+
+
+@dataclass(frozen=True)
+class Free:
+    cpus: tuple[int, ...]
+    gpus: tuple[str, ...]
+    memory: int
+
+
+def free_resources(machine: Machine, held: Iterable[Assignment]) -> Free:
+    """What is left of ``machine`` once the ``held`` assignments are taken out."""
+    held = list(held)
+    used_cpus = {c for a in held for c in a.cpus}
+    used_gpus = {g for a in held for g in a.gpus}
+    return Free(
+        tuple(c for c in machine.cpu_ids if c not in used_cpus),
+        tuple(g for g in machine.gpu_ids if g not in used_gpus),
+        machine.memory - sum(a.memory for a in held),
+    )
+
+
+def assign(req: Request, machine: Machine, held: Iterable[Assignment]) -> Assignment | None:
+    """The resources ``req`` gets now, lowest ids first, or None if they are not all free."""
+    free = free_resources(machine, held)
+    if len(free.cpus) < req.cpus * req.nodes or len(free.gpus) < req.gpus * req.nodes or free.memory < req.memory * req.nodes:
+        return None
+    nodes = []
+    for k in range(req.nodes):
+        nodes.append(
+            NodeAssignment(
+                free.cpus[k * req.cpus : (k + 1) * req.cpus],
+                free.gpus[k * req.gpus : (k + 1) * req.gpus],
+                req.memory,
+            )
+        )
+    return Assignment(tuple(nodes))
+
+
+def never_fits(req: Request, machine: Machine) -> str | None:
+    """Why ``req`` could not be granted even on an idle machine, or None."""
+    problems = []
+    if req.cpus * req.nodes > len(machine.cpu_ids):
+        problems.append(f"{req.cpus * req.nodes} CPUs (this machine has {len(machine.cpu_ids)})")
+    if req.gpus * req.nodes > len(machine.gpu_ids):
+        problems.append(f"{req.gpus * req.nodes} GPUs (this machine has {len(machine.gpu_ids)})")
+    if req.memory * req.nodes > machine.memory:
+        problems.append(f"{format_bytes(req.memory * req.nodes)} memory (this machine has {format_bytes(machine.memory)})")
+    if not problems:
+        return None
+    return f"resources_per_node asks for {req.describe()}: in all {' and '.join(problems)}; lower the request"
+
+
+def describe_free(req: Request, free: Free, machine: Machine) -> str:
+    parts = []
+    if req.cpus:
+        parts.append(f"{len(free.cpus)} of {len(machine.cpu_ids)} CPUs")
+    if req.memory:
+        parts.append(f"{format_bytes(max(free.memory, 0))} of {format_bytes(machine.memory)} memory")
+    if req.gpus:
+        parts.append(f"{len(free.gpus)} of {len(machine.gpu_ids)} GPUs")
+    return ", ".join(parts)
+
+
+def placement_env(req: Request, assignment: Assignment | None, machine: Machine, user_env: Mapping[str, str] | None = None, cgroups: list[str] | None = None) -> dict[str, str]:
+    """The variables a job's ranks get for their resources. Pure.
+
+    ``CUDA_VISIBLE_DEVICES`` lists the job's GPUs (empty where the machine has GPUs and the job
+    asked for none); thread-count variables are the cores per rank unless ``user_env`` sets them;
+    ``TRAINJOB_PLACEMENT`` carries each node's CPUs, GPUs and memory cgroup for
+    ``trainjob.runtime.affinity`` to apply in every rank.
+    """
+    user_env = user_env or {}
+    env: dict[str, str] = {}
+    nodes = assignment.nodes if assignment is not None else ()
+    if machine.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(g for n in nodes for g in n.gpus) if req.gpus else ""
+    if req.cpus:
+        threads = str(max(1, req.cpus // max(1, req.procs_per_node)))
+        env.update({v: threads for v in THREAD_VARS if v not in user_env})
+    placement = []
+    for k, n in enumerate(nodes):
+        entry: dict[str, Any] = {}
+        if req.cpus:
+            entry["cpus"] = list(n.cpus)
+        if machine.gpu_ids:
+            entry["gpus"] = list(n.gpus)
+        if cgroups and k < len(cgroups):
+            entry["cgroup"] = cgroups[k]
+        placement.append(entry)
+    if any(placement):
+        env[PLACEMENT_ENV] = json.dumps({"nodes": placement}, separators=(",", ":"))
+    return env
+
+
+# ---- the shared books (SQLite) -------------------------------------------------------------
+@dataclass
+class _QueueState:
+    assigned: Assignment | None
+    position: int | None
+    message: str | None
+
+
+@dataclass
+class _Dead:
+    job_id: str
+    assigned: dict[str, Any] | None
+    orphans: list[Any]
+
+
+class LeaseBook:
+    """The ``leases`` table, over a connection of its own (transactions must not mix with the Store's)."""
+
+    def __init__(self, db_path: str | os.PathLike) -> None:
+        self.db_path = Path(db_path)
+        self.home = self.db_path.parent
+        self.conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _tx(self, fn: Callable[[], Any]) -> Any:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn()
+            self.conn.execute("COMMIT")
+            return out
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def enqueue(self, job_id: str, created: float, req: Request) -> None:
+        me = os.getpid()
+        self._tx(
+            lambda: self.conn.execute(
+                "INSERT OR REPLACE INTO leases (job_id, job_created, state, request, assigned, holder_pid, holder_start, since) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
+                (job_id, created, _WAITING, json.dumps(req.to_json()), me, procs.start_time(me), time.time()),
+            )
+        )
+
+    def withdraw(self, job_id: str) -> dict[str, Any] | None:
+        """Drop a job's lease (held or waiting); returns what it held. Grants the next jobs."""
+
+        def run():
+            row = self.conn.execute("SELECT assigned FROM leases WHERE job_id = ?", (job_id,)).fetchone()
+            self.conn.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
+            return json.loads(row["assigned"]) if row and row["assigned"] else None
+
+        held = self._tx(run)
+        self.advance(Machine.detect())
+        return held
+
+    def set_cgroups(self, job_id: str, assignment: Assignment, cgroups: list[str]) -> None:
+        data = {"nodes": assignment.to_json(), "cgroups": cgroups}
+        self._tx(lambda: self.conn.execute("UPDATE leases SET assigned = ? WHERE job_id = ?", (json.dumps(data), job_id)))
+
+    def advance(self, machine: Machine, job_id: str | None = None) -> _QueueState | None:
+        """One scheduler pass: reclaim dead holders' leases, grant waiting ones in order, renumber the queue.
+
+        Returns ``job_id``'s state afterwards (None if it has no lease).
+        """
+        dead: list[_Dead] = []
+        state = self._tx(lambda: self._pass(machine, job_id, dead))
+        for d in dead:  # outside the transaction: ending processes takes time
+            if d.orphans:
+                procs.kill_tree(d.orphans, grace=2.0)
+            memlimit.remove_cgroups(list((d.assigned or {}).get("cgroups") or []))
+        if any(d.orphans for d in dead):  # their leases can go now
+            state = self._tx(lambda: self._pass(machine, job_id, []))
+        return state
+
+    def _pass(self, machine: Machine, job_id: str | None, dead: list[_Dead]) -> _QueueState | None:
+        rows = self.conn.execute("SELECT * FROM leases ORDER BY job_created, job_id").fetchall()
+        live = []
+        for r in rows:
+            if procs.is_alive(r["holder_pid"], r["holder_start"]):
+                live.append(r)
+                continue
+            assigned = json.loads(r["assigned"]) if r["assigned"] else None
+            orphans = _orphans(self.home, r["job_id"]) if r["state"] == _HELD else []
+            dead.append(_Dead(r["job_id"], assigned, orphans))
+            if orphans:
+                live.append(r)  # still in use until they are ended
+            else:
+                self.conn.execute("DELETE FROM leases WHERE job_id = ?", (r["job_id"],))
+        held = [_assignment_of(r) for r in live if r["state"] == _HELD]
+        waiting = [r for r in live if r["state"] == _WAITING]
+        now = time.time()
+        mine: _QueueState | None = None
+        blocked_at = len(waiting)
+        for i, r in enumerate(waiting):
+            a = assign(_request_of(r), machine, held)
+            if a is None:
+                blocked_at = i
+                break
+            self.conn.execute("UPDATE leases SET state = ?, assigned = ?, since = ? WHERE job_id = ?", (_HELD, json.dumps({"nodes": a.to_json()}), now, r["job_id"]))
+            held.append(a)
+            if r["job_id"] == job_id:
+                mine = _QueueState(a, None, None)
+        free = free_resources(machine, held)
+        for pos, r in enumerate(waiting[blocked_at:], start=1):
+            req = _request_of(r)
+            if pos == 1:
+                msg = f"waiting for resources: needs {req.describe()}; free now: {describe_free(req, free, machine)}"
+            else:
+                msg = f"waiting for resources: {pos - 1} job{'s' if pos > 2 else ''} ahead in the queue (first come, first served)"
+            # Only a change is written: every waiting supervisor runs this pass several times a second.
+            self.conn.execute(
+                "UPDATE jobs SET queue_position = ?, message = ? WHERE id = ? AND status IN (?, ?) AND (queue_position IS NOT ? OR message IS NOT ?)",
+                (pos, msg, r["job_id"], JobStatus.CREATED.value, JobStatus.QUEUED.value, pos, msg),
+            )
+            if r["job_id"] == job_id:
+                mine = _QueueState(None, pos, msg)
+        if mine is None and job_id is not None:
+            for r in live:
+                if r["job_id"] == job_id and r["state"] == _HELD:
+                    mine = _QueueState(_assignment_of(r), None, None)
+        return mine
+
+    def leases(self) -> list[dict[str, Any]]:
+        """Every lease, in queue order (for inspection and tests)."""
+        rows = self.conn.execute("SELECT * FROM leases ORDER BY job_created, job_id").fetchall()
+        return [{**dict(r), "request": json.loads(r["request"]), "assigned": json.loads(r["assigned"]) if r["assigned"] else None} for r in rows]
+
+
+def _request_of(row: sqlite3.Row) -> Request:
+    return Request(**json.loads(row["request"]))
+
+
+def _assignment_of(row: sqlite3.Row) -> Assignment:
+    data = json.loads(row["assigned"]) if row["assigned"] else {"nodes": []}
+    return Assignment.from_json(data.get("nodes") or [])
+
+
+def _orphans(home: Path, job_id: str) -> list[Any]:
+    """Live processes a job recorded (launchers and ranks, identity-checked) in its ``run/pids``."""
+    from trainjob import contract
+
+    out = []
+    for f in (home / "jobs" / job_id / contract.RUN / contract.PIDS_DIR).glob("*.json"):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        p = procs.process(rec.get("pid"), rec.get("start"))
+        if p is not None:
+            out.append(p)
+    return out
+
+
+# ---- what the supervisor calls ---------------------------------------------------------------
+def _no_errors() -> list[dict]:
+    return []
 
 
 @dataclass
 class Grant:
+    """A job's resources: the extra environment of its ranks, and how to give them back.
+
+    ``release()`` is idempotent and must be called on every way out of the supervisor.
+    ``limit_errors()`` returns, once each, error records for nodes that were ended for exceeding
+    their memory limit (the shape of ``errors/rank-N.json``), for the root-cause analysis.
+    """
+
     env: dict[str, str] = field(default_factory=dict)
     release: Callable[[], None] = lambda: None
+    limit_errors: Callable[[], list[dict]] = _no_errors
+    assignment: Assignment | None = None
 
 
-def acquire(store, job_id, spec, should_abort) -> Grant:
-    return Grant()
+def acquire(store: Any, job_id: str, spec: Mapping[str, Any], should_abort: Callable[[], bool], poll_interval: float = POLL_INTERVAL) -> Grant:
+    """Wait until a job's resources are free, take them, and say how its ranks use them. Runs in the supervisor.
+
+    While it waits the job is ``Queued`` with its position. Returns an empty Grant at once for a
+    job that asks for nothing, and as soon as ``should_abort()`` is true (the job was stopped
+    while queued). Raises SchedulingError if the request can never fit this machine.
+    """
+    req = Request.from_spec(spec)
+    machine = Machine.detect()
+    user_env = spec.get("env") or {}
+    if req.is_empty:
+        if machine.gpu_ids:
+            store.add_event(job_id, "ResourcesAssigned", "no GPU requested, so the job sees none (CUDA_VISIBLE_DEVICES=''); ask for resources_per_node={'gpu': N}")
+        return Grant(env=placement_env(req, None, machine, user_env))
+    problem = never_fits(req, machine)
+    if problem:
+        raise SchedulingError(problem)
+    job = store.get_job(job_id)
+    book = LeaseBook(store.path)
+    t0 = time.monotonic()
+    try:
+        book.enqueue(job_id, job.created_at if job else time.time(), req)
+        last: tuple | None = None
+        while True:
+            state = book.advance(machine, job_id)
+            if state is None:
+                raise SchedulingError("the job's resource lease was removed while it waited (was the job deleted?)")
+            if state.assigned is not None:
+                break
+            if (state.position, state.message) != last:
+                if last is None:
+                    store.add_event(job_id, "Queued", state.message or "waiting for resources", {"position": state.position, "request": req.to_json()})
+                store.transition(job_id, JobStatus.QUEUED, message=state.message, queue_position=state.position)
+                last = (state.position, state.message)
+            if should_abort():
+                book.withdraw(job_id)
+                book.close()
+                return Grant()
+            time.sleep(poll_interval)
+        waited = time.monotonic() - t0
+        limit = None
+        if req.memory:
+            limit = memlimit.setup(job_id, req.nodes, req.memory)
+            book.set_cgroups(job_id, state.assigned, limit.cgroups)
+            limit.start(lambda rec: store.add_event(job_id, "MemoryLimitExceeded", rec["message"], rec))
+    except BaseException:
+        try:
+            book.withdraw(job_id)
+        finally:
+            book.close()
+        raise
+    assignment = state.assigned
+    env = placement_env(req, assignment, machine, user_env, limit.cgroups if limit else None)
+    granted = {"nodes": assignment.to_json(), "request": req.to_json(), "waited_seconds": round(waited, 3)}
+    if limit is not None:
+        granted["memory_enforcement"] = {"mode": limit.mode, "cgroups": limit.cgroups, "why": limit.why}
+    store.update_job(job_id, resources=granted)
+    store.add_event(job_id, "ResourcesAssigned", _describe_grant(req, assignment, limit, waited), granted)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        try:
+            if limit is not None:
+                limit.close()
+            book.withdraw(job_id)
+        finally:
+            book.close()
+
+    return Grant(env=env, release=release, limit_errors=limit.new_violations if limit else _no_errors, assignment=assignment)
 
 
-def forget(store, job_id) -> None:
-    pass
+def _describe_grant(req: Request, a: Assignment, limit: memlimit.MemoryLimit | None, waited: float) -> str:
+    parts = []
+    if req.cpus:
+        parts.append("CPUs " + "; ".join(_ranges(n.cpus) for n in a.nodes))
+    if req.gpus:
+        parts.append("GPUs " + "; ".join(",".join(n.gpus) for n in a.nodes))
+    if limit is not None:
+        parts.append(f"memory limit {limit.describe()}")
+    text = ", ".join(parts)
+    return text + (f" (after {waited:.1f}s in the queue)" if waited >= 0.5 else "")
+
+
+def _ranges(ids: Iterable[int]) -> str:
+    ids = sorted(ids)
+    out, start = [], None
+    for i, c in enumerate(ids):
+        if start is None:
+            start = c
+        if i + 1 == len(ids) or ids[i + 1] != c + 1:
+            out.append(f"{start}" if start == c else f"{start}-{c}")
+            start = None
+    return ",".join(out)
+
+
+def forget(store: Any, job_id: str) -> None:
+    """A deleted job's lease goes (its processes were ended by the caller); the next jobs may start."""
+    book = LeaseBook(store.path)
+    try:
+        held = book.withdraw(job_id)
+    finally:
+        book.close()
+    memlimit.remove_cgroups(list((held or {}).get("cgroups") or []))

@@ -25,7 +25,9 @@ from trainjob.backends.local.collector import COLLECT_INTERVAL, Collector
 from trainjob.backends.local.failures import NodeOutcome, collect_failures, describe_exit, summarize
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.local.launcher import plan_launch, free_port
-from trainjob.checkpoints import latest_complete, list_checkpoints
+from trainjob.checkpoints import checkpoint_step, latest_complete, list_checkpoints
+from trainjob.resources import local_capacity
+from trainjob.errors import TrainJobError
 from trainjob.store import Store
 from trainjob.types import JobStatus
 
@@ -59,6 +61,7 @@ class Supervisor:
         self.stop_requested = False  # set by SIGTERM to this process
         self.python = sys.executable
         self.extra_env: dict[str, str] = {}
+        self.grant = None  # the scheduler's Grant, once resources are acquired
         self.world = int(self.spec["num_nodes"]) * int(self.spec["procs_per_node"])
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -77,6 +80,10 @@ class Supervisor:
             if self._stopping():
                 return self._finish(JobStatus.STOPPED, "stopped before it started", None)
             status, message, error = self._run_attempts()
+        except TrainJobError as e:  # an expected failure whose message is for the user (a package install failed...)
+            error = {"type": type(e).__name__, "message": str(e), "traceback": "", "rank": None}
+            status, message = JobStatus.FAILED, f"{type(e).__name__}: {e}"
+            print(message, file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001 - anything here must still end the job with a reason
             import traceback
 
@@ -102,6 +109,7 @@ class Supervisor:
 
         grant = scheduler.acquire(self.store, self.job_id, self.spec, should_abort=self._stop_file_present)
         self.extra_env.update(grant.env)
+        self.grant = grant
         return grant.release
 
     def _run_attempts(self) -> tuple[JobStatus, str | None, dict | None]:
@@ -142,7 +150,7 @@ class Supervisor:
                 self.job_id,
                 "Restarting",
                 f"restart {attempt_no}/{max_restarts} after {cause}" + (f"; resuming from {ckpt.name}" if ckpt else "; no complete checkpoint yet: from the start"),
-                {"attempt": attempt_no, "checkpoint": str(ckpt) if ckpt else None, "step": _step_of(ckpt)},
+                {"attempt": attempt_no, "checkpoint": str(ckpt) if ckpt else None, "step": checkpoint_step(ckpt) if ckpt else None},
             )
             self._clear_attempt_files()
 
@@ -160,6 +168,7 @@ class Supervisor:
             metrics_host=self.spec.get("metrics_host") or "127.0.0.1",
             extra_env=self.extra_env,
             resume=resume,
+            cpus=local_capacity().cpus,
         )
         attempt = Attempt(number)
         nproc = int(self.spec["procs_per_node"])
@@ -207,7 +216,11 @@ class Supervisor:
                     failed_at = time.monotonic()
             if len(attempt.exit_codes) == len(attempt.nodes):
                 break
-            if failed_at is not None and attempt.ending_since is None and time.monotonic() - failed_at > FAILURE_GRACE and stop_phase is None:
+            if failed_at is None and self._rank_failed():
+                # A rank raised; its launcher may wait a long time for the siblings to end
+                # (torchrun gives them 30 s after SIGTERM): count the failure from now.
+                failed_at = time.monotonic()
+            if failed_at is not None and attempt.ending_since is None and time.monotonic() - failed_at > FAILURE_GRACE:
                 self._end_nodes(attempt, "another node failed", signal.SIGKILL)
             if stop_phase is None and self._stopping():
                 if self.spec.get("enable_progression_tracking") and self._in_training(attempt):
@@ -225,8 +238,12 @@ class Supervisor:
             elif stop_phase == "term" and time.monotonic() > deadline:
                 stop_phase = "kill"
                 self._end_nodes(attempt, f"still running {TERM_GRACE:g}s after SIGTERM", signal.SIGKILL)
-        self._reap_orphans()
+        self._reap_orphans(attempt)
         return all(rc == 0 for rc in attempt.exit_codes.values())
+
+    def _rank_failed(self) -> bool:
+        """True once a rank of this attempt recorded an exception (``errors/rank-N.json``)."""
+        return any((self.dir.run_dir / contract.ERRORS_DIR).glob("rank-*.json"))
 
     def _in_training(self, attempt: Attempt) -> bool:
         """True while rank 0 of this attempt is inside ``Trainer.train()`` (it reported TrainBegin, not yet TrainEnd)."""
@@ -271,14 +288,49 @@ class Supervisor:
         self.store.add_event(
             self.job_id, "EndingNodes", f"ending {', '.join(f'node-{i}' for i in alive)}: {why}", {"attempt": attempt.number, "nodes": sorted(alive), "signal": signal.Signals(sig).name}
         )
-        roots = []
+        found: dict[int, psutil.Process] = {}
         for n in alive.values():
             try:
-                roots.append(psutil.Process(n.pid))
+                root = psutil.Process(n.pid)
+                found[root.pid] = root
+                found.update({c.pid: c for c in root.children(recursive=True)})
             except psutil.NoSuchProcess:
                 continue
-        procs.kill_tree(roots, grace=5.0, sig=sig)
-        self._reap_orphans()
+        self._kill(attempt, list(found.values()), sig, grace=5.0)
+        self._reap_orphans(attempt)
+
+    def _kill(self, attempt: Attempt, targets, sig: int, grace: float) -> None:
+        """Signal ``targets``, wait up to ``grace``, SIGKILL what is left.
+
+        The attempt's node processes are waited for through their ``Popen`` objects, never by
+        psutil: psutil would reap them and ``Popen.poll()`` would then report exit code 0 for a
+        node that was killed (the supervisor would call a failed attempt a success).
+        """
+        import psutil
+
+        own = {n.pid: n for n in attempt.nodes}
+        for p in targets:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        deadline = time.monotonic() + grace
+        others = [p for p in targets if p.pid not in own]
+        _, left = psutil.wait_procs(others, timeout=grace)
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        for pid, node in own.items():
+            if node.returncode is not None or pid not in {p.pid for p in targets}:
+                continue
+            try:
+                node.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+        psutil.wait_procs(left, timeout=2)
 
     def _recorded(self, pattern: str):
         """Live processes recorded in ``run/pids/`` matching ``pattern`` (identity checked: pid + start time)."""
@@ -293,16 +345,17 @@ class Supervisor:
                 out.append(p)
         return out
 
-    def _reap_orphans(self) -> None:
+    def _reap_orphans(self, attempt: Attempt) -> None:
         """End ranks left behind by a dead agent (re-parented to us as subreaper, or recorded in pids/)."""
         import psutil
 
-        me = psutil.Process()
-        found = {c.pid: c for c in me.children(recursive=True)}
+        own = {n.pid for n in attempt.nodes if n.returncode is None}  # still to be polled: see _kill
+        found = {c.pid: c for c in psutil.Process().children(recursive=True) if c.pid not in own}
         for p in self._recorded("*.json"):
-            found.setdefault(p.pid, p)
+            if p.pid not in own:
+                found.setdefault(p.pid, p)
         if found:
-            procs.kill_tree(list(found.values()), grace=2.0)
+            self._kill(attempt, list(found.values()), signal.SIGTERM, grace=2.0)
 
     def _record_node_exit(self, attempt: Attempt, node: int, rc: int) -> None:
         self.store.add_event(self.job_id, "NodeExited", f"node-{node} {describe_exit(rc)}", {"attempt": attempt.number, "node": node, "exit_code": rc})
@@ -323,6 +376,7 @@ class Supervisor:
                 errors.append(json.loads(f.read_text()))
             except (OSError, ValueError):
                 continue
+        errors.extend(self.grant.limit_errors() if self.grant else [])  # nodes ended for exceeding their memory limit
         nodes = [
             NodeOutcome(
                 node=i,
@@ -442,10 +496,6 @@ class Supervisor:
 
 def _last_lines(text: str, n: int) -> str:
     return "\n".join(text.splitlines()[-n:])
-
-
-def _step_of(ckpt: Path | None) -> int | None:
-    return int(ckpt.name.rsplit("-", 1)[1]) if ckpt is not None else None
 
 
 def _describe_error(error: dict | None, attempt: int | None) -> str:

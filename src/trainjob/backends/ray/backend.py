@@ -1,0 +1,588 @@
+"""The Ray backend, client side: jobs are Ray jobs whose ranks are Ray Train workers.
+
+``train()`` stores the job's record and payload in the cluster's GCS key-value store and submits
+a Ray job (Jobs API) whose entrypoint is trainjob's driver; it returns at once, and the job
+outlives this process. Every read asks the cluster: Ray's job table says whether the driver is
+alive, the GCS keys (``state``) hold progress, history, events and the outcome. No client-side
+database: any client that reaches the cluster sees every trainjob job on it, and the records
+live exactly as long as the cluster does (``delete_job`` removes them).
+
+Addresses: ``"auto"`` (``RAY_ADDRESS`` or the Ray started on this machine) or ``"host:port"``
+(the GCS; the client connects to it directly, without ``ray.init``), ``"ray://host:10001"``
+(Ray Client), or ``"http://host:8265"`` (the dashboard; the GCS is then ``gcs_address`` or the
+same host on port 6379).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from trainjob.backends.base import Backend
+from trainjob.backends.ray import plan
+from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
+from trainjob.config import RayBackendConfig
+from trainjob.payload import dumps_payload
+from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
+from trainjob.trainers import CustomTrainer, mask_env
+from trainjob.types import Event, JobStatus, Result, Step, TrainJob
+
+FOLLOW_INTERVAL = 1.0  # seconds between log polls with follow=True
+DELETE_WAIT = 30.0  # seconds delete_job waits for Ray to end a running job
+HTTP_TIMEOUT = 30.0
+RAY_CLIENT_TRIES = 3
+_RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+_RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:", ":task_attempt_start:", ":task_attempt_end:")
+_DEFAULT_GCS_PORT = 6379
+
+
+@dataclass
+class _Connection:
+    kv: KV
+    dashboard: str  # http(s)://host:port
+    _jobs: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def jobs(self):
+        """Ray's ``JobSubmissionClient`` for the dashboard (imported on first use: ~1 s)."""
+        with self._lock:
+            if self._jobs is None:
+                from ray.job_submission import JobSubmissionClient
+
+                self._jobs = JobSubmissionClient(self.dashboard)
+            return self._jobs
+
+    def http_get(self, path: str, **params: Any) -> bytes:
+        url = f"{self.dashboard}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as r:
+            return r.read()
+
+
+@dataclass
+class _Snapshot:
+    """What the cluster knows about one job, read in one go."""
+
+    job_id: str
+    record: dict[str, Any]
+    info: Any  # Ray's JobDetails, or None if Ray has no such job
+    outcome: dict[str, Any] | None
+    driver: dict[str, Any] | None
+    attempt: int
+    ranks: list[dict[str, Any]]
+    status: JobStatus = JobStatus.CREATED
+    message: str | None = None
+
+
+class RayBackend(Backend):
+    name = "ray"
+
+    def __init__(self, config: RayBackendConfig | None = None) -> None:
+        self.config = config or RayBackendConfig()
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise BackendError("RayBackendConfig needs Ray on this machine; install it with: pip install 'trainjob[ray]'")
+        problems = _check_config(self.config)
+        if problems:
+            raise ValidationError(problems, "RayBackendConfig")
+        self._conn: _Connection | None = None
+        self._conn_lock = threading.Lock()
+
+    # ---- connection --------------------------------------------------------------------
+    @property
+    def conn(self) -> _Connection:
+        """The connection to the cluster, made on first use (creating a client does no I/O)."""
+        with self._conn_lock:
+            if self._conn is None:
+                self._conn = self._connect()
+            return self._conn
+
+    def _connect(self) -> _Connection:
+        address = self.config.address
+        try:
+            if address.startswith(("http://", "https://")):
+                parsed = urllib.parse.urlparse(address)
+                gcs = self.config.gcs_address or f"{parsed.hostname}:{_DEFAULT_GCS_PORT}"
+                return _Connection(KV.connect(gcs), address.rstrip("/"))
+            if address.startswith("ray://"):
+                import ray
+
+                for tries_left in reversed(range(RAY_CLIENT_TRIES)):
+                    if ray.is_initialized():
+                        break
+                    try:
+                        ray.init(address, logging_level="WARNING")
+                    except ConnectionError:
+                        if not tries_left:  # a cold cluster may time out starting its first client server
+                            raise
+                kv = KV.through_ray_client()
+                return _Connection(kv, _dashboard_of(kv, urllib.parse.urlparse(address).hostname or ""))
+            gcs = _resolve_gcs(address)
+            kv = KV.connect(gcs)
+            return _Connection(kv, _dashboard_of(kv, gcs.rpartition(":")[0]))
+        except BackendError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to reach the cluster is reported the same way
+            raise BackendError(
+                f"cannot reach the Ray cluster at RayBackendConfig(address={address!r}): {type(e).__name__}: {e}. "
+                "Start one (ray start --head) or give its address: 'host:6379' (GCS), 'ray://host:10001' or 'http://host:8265'"
+            ) from e
+
+    # ---- submit ------------------------------------------------------------------------
+    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None) -> str:
+        from trainjob.backends.local.backend import new_job_id
+
+        conn = self.conn
+        if resume_from is not None:
+            self._check_resume_source(resume_from)
+        spec = trainer.to_spec()
+        if self.config.check_resources:
+            self._check_resources(trainer, spec)
+        job_id = new_job_id()
+        keys = Keys(job_id)
+        spec.update({"env": mask_env(trainer.env or {}), "name": name or job_id, "resume_from": resume_from})
+        runtime_env = plan.runtime_env(spec, trainer.env, self.config.installer, plan.working_dir(spec, self.config.working_dir))
+        record = {
+            "id": job_id,
+            "name": name or job_id,
+            "created_at": time.time(),
+            "spec": spec,
+            "home": str(self.config.home) if self.config.home else None,
+            "resume_from": resume_from,
+            "submitted_from": os.uname().nodename,
+        }
+        kv = conn.kv
+        try:
+            if trainer.func is not None:
+                kv.put(keys.payload, dumps_payload(trainer.func, trainer.func_args))
+            kv.put_json(keys.job, record)
+            EventWriter(kv, keys, "cli")(
+                "Created", f"job created ({spec['trainer']}, {spec['entrypoint']}) on Ray at {conn.dashboard}" + (f", resuming {resume_from}" if resume_from else "")
+            )
+            conn.jobs().submit_job(
+                entrypoint=plan.entrypoint(job_id, self.config.python),
+                submission_id=job_id,
+                runtime_env=runtime_env,
+                metadata={"trainjob.id": job_id, "trainjob.name": name or job_id},
+            )
+        except BaseException as e:
+            kv.delete_prefix(keys.prefix)
+            if isinstance(e, (ValidationError, KeyboardInterrupt)):  # SerializationError names the culprit
+                raise
+            raise BackendError(f"Ray did not accept job {job_id}: {type(e).__name__}: {e}") from e
+        return job_id
+
+    def _check_resume_source(self, job_id: str) -> None:
+        if not isinstance(job_id, str) or not job_id:
+            raise ValidationError([Problem("resume", job_id, "the id of an ended job (a 12-character string from train())")], "train()")
+        snap = self._snapshot(job_id)
+        if not snap.status.is_terminal:
+            raise JobStateError(f"cannot resume job {job_id}: it is {snap.status.value}; stop it first (stop_job) and wait until it is Stopped")
+
+    def _check_resources(self, trainer: CustomTrainer, spec: dict[str, Any]) -> None:
+        """A worker that fits on no node of the cluster would wait forever: say so now."""
+        try:
+            nodes = json.loads(self.conn.http_get("/api/v0/nodes", limit=10000, detail="true"))["data"]["result"]["result"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # the state API is unavailable: let Ray decide
+        alive = [n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"]
+        if not alive:
+            return
+        per_worker = plan.scaling(spec)["resources_per_worker"]
+        if any(all(node.get(k, 0) >= v for k, v in per_worker.items()) for node in alive):
+            return
+        nproc = spec["procs_per_node"]
+        names = {"CPU": ("cpu", "CPUs"), "GPU": ("gpu", "GPUs"), "memory": ("memory", "bytes of memory")}
+        problems = []
+        for key, need in per_worker.items():
+            best = max(node.get(key, 0) for node in alive)
+            if need > best:
+                field_, unit = names.get(key, (key, key))
+                given = (trainer.resources_per_node or {}).get(field_, need * nproc)
+                problems.append(
+                    Problem(f"resources_per_node['{field_}']", given, f"at most {best * nproc:g} ({best:g} {unit} per Ray node, the largest, for each of {nproc} rank(s) per node)")
+                )
+        if problems:
+            raise ResourcesUnavailableError(problems, "resources (no node of the Ray cluster can hold one worker)")
+
+    # ---- read --------------------------------------------------------------------------
+    def _job_info(self, job_id: str):
+        try:
+            return self.conn.jobs().get_job_info(job_id)
+        except RuntimeError as e:  # the SDK raises RuntimeError for a 404
+            if "does not exist" in str(e) or "404" in str(e) or "not found" in str(e).lower():
+                return None
+            raise BackendError(f"Ray could not say how job {job_id} is: {e}") from e
+
+    def _snapshot(self, job_id: str, info: Any = ..., got: dict[str, bytes] | None = None) -> _Snapshot:
+        if not isinstance(job_id, str) or not job_id or "/" in job_id:
+            raise JobNotFoundError(str(job_id))
+        kv, keys = self.conn.kv, Keys(job_id)
+        if info is ...:
+            info = self._job_info(job_id)  # before the GCS keys: a driver seen ended has written its outcome
+        if got is None:
+            got = kv.multi_get([keys.job, keys.outcome, keys.driver])
+        if keys.job not in got:
+            raise JobNotFoundError(job_id)
+        attempts = kv.keys(keys.attempts())
+        attempt = max(0, len(attempts) - 1)
+        snap = _Snapshot(
+            job_id=job_id,
+            record=json.loads(got[keys.job]),
+            info=info,
+            outcome=json.loads(got[keys.outcome]) if keys.outcome in got else None,
+            driver=json.loads(got[keys.driver]) if keys.driver in got else None,
+            attempt=attempt,
+            ranks=[r for _, r in kv.scan_json(keys.ranks(attempt))] if attempts else [],
+        )
+        self._derive_status(snap)
+        return snap
+
+    def _derive_status(self, snap: _Snapshot) -> None:
+        """Status from the outcome if written, else from the driver's liveness and the ranks seen."""
+        if snap.outcome is None:
+            ray_status = str(getattr(snap.info, "status", "") or "").split(".")[-1].upper()
+            if snap.info is None or ray_status in _RAY_TERMINAL:
+                self._record_lost_driver(snap, ray_status)
+        if snap.outcome is not None:
+            snap.status = JobStatus.parse(snap.outcome["status"])
+            snap.message = snap.outcome.get("message")
+            return
+        ray_status = str(snap.info.status).split(".")[-1].upper()
+        if ray_status == "PENDING":
+            snap.status, snap.message = JobStatus.CREATED, "Ray is starting the job's driver (and preparing its runtime environment)"
+        elif snap.ranks:
+            snap.status, snap.message = JobStatus.RUNNING, (f"attempt {snap.attempt}" if snap.attempt else None)
+        else:
+            scale = (snap.driver or {}).get("scaling")
+            snap.status = JobStatus.QUEUED
+            snap.message = f"waiting for Ray to place {plan.describe_scaling(scale)}" if scale else "the driver is starting"
+
+    def _record_lost_driver(self, snap: _Snapshot, ray_status: str) -> None:
+        """The driver ended (or Ray forgot it) without recording an outcome: record one now, once."""
+        from trainjob.backends.ray.driver import record_outcome
+
+        kv, keys = self.conn.kv, Keys(snap.job_id)
+        fresh = kv.get_json(keys.outcome)  # it may have been written since our first read
+        if fresh is None:
+            if ray_status == "STOPPED":
+                status, msg, error = JobStatus.STOPPED, "the Ray job was stopped outside trainjob (ray job stop)", None
+            else:
+                said = f"Ray says {ray_status}: {getattr(snap.info, 'message', '') or ''}".strip() if snap.info is not None else "Ray has no record of it"
+                msg = f"the job's driver ended without recording an outcome ({said})"
+                error = {"type": "DriverLost", "message": msg, "rank": None, "traceback": ""}
+                status = JobStatus.FAILED
+            record_outcome(kv, keys, EventWriter(kv, keys, "cli"), status, msg, error, {"metrics": {}})
+            fresh = kv.get_json(keys.outcome)
+        snap.outcome = fresh
+
+    def get_job(self, job_id: str) -> TrainJob:
+        return self._to_job(self._snapshot(job_id))
+
+    def list_jobs(self, status: set[JobStatus] | None = None) -> list[TrainJob]:
+        infos = {}
+        for d in self.conn.jobs().list_jobs():
+            jid = (d.metadata or {}).get("trainjob.id")
+            if jid and d.submission_id == jid:
+                infos[jid] = d
+        kv = self.conn.kv
+        wanted = [k for jid in infos for k in (Keys(jid).job, Keys(jid).outcome, Keys(jid).driver)]
+        got = kv.multi_get(wanted)
+        jobs = []
+        for jid, info in infos.items():
+            if Keys(jid).job not in got:
+                continue  # a Ray job record left after its trainjob keys were deleted
+            snap = self._snapshot(jid, info=info, got={k: v for k, v in got.items() if k.startswith(f"{jid}/")})
+            if status is None or snap.status in status:
+                jobs.append(self._to_job(snap))
+        return sorted(jobs, key=lambda j: (j.created_at, j.id))
+
+    def get_job_events(self, job_id: str) -> list[Event]:
+        self._require(job_id)
+        return [Event(_dt(e["time"]), e["reason"], e["message"], e.get("data") or {}) for e in read_events(self.conn.kv, Keys(job_id))]
+
+    def get_job_progress(self, job_id: str) -> dict[str, Any] | None:
+        keys = Keys(self._check_id(job_id))
+        got = self.conn.kv.multi_get([keys.job, keys.progress])
+        if keys.job not in got:
+            raise JobNotFoundError(job_id)
+        return json.loads(got[keys.progress]) if keys.progress in got else None
+
+    def get_job_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        self._require(job_id)
+        return read_metrics(self.conn.kv, Keys(job_id))
+
+    def get_job_result(self, job_id: str) -> Result:
+        snap = self._snapshot(job_id)
+        outcome = snap.outcome or {}
+        res = outcome.get("result") or {}
+        value = _load_return_value(self.conn.kv.get(Keys(job_id).return_value)) if snap.status.is_terminal else None
+        return Result(
+            job_id=job_id,
+            status=snap.status,
+            metrics=res.get("metrics") or {},
+            checkpoint=_path(res.get("checkpoint")),
+            best_checkpoint=_path(res.get("best_checkpoint")),
+            checkpoints=[Path(p) for p in res.get("checkpoints") or []],
+            output_dir=_path(res.get("output_dir")),
+            log_dir=None,
+            return_value=value,
+            error=outcome.get("error"),
+        )
+
+    def rank_info(self, job_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
+        """Where each rank of an attempt (default: the latest) ran: rank, node_rank, node_ip, node_id, pid, actor_id."""
+        snap = self._snapshot(job_id)
+        if attempt is None or attempt == snap.attempt:
+            return snap.ranks
+        return [r for _, r in self.conn.kv.scan_json(Keys(job_id).ranks(attempt))]
+
+    # ---- logs --------------------------------------------------------------------------
+    def get_job_logs(self, job_id: str, step: str = "node-0", follow: bool = False) -> Iterator[str]:
+        """Rank logs are the Ray Train workers' own output files, read through the dashboard's log API.
+
+        ``node-K``: the ranks Ray Train placed on its node K (prefixed ``[rank R]`` when there are
+        several); ``rank-R``: one rank, every attempt in turn; ``driver`` (or ``supervisor``): the
+        Ray job's driver output, which Ray also streams worker output into.
+        """
+        snap = self._snapshot(job_id)
+        world = int(snap.record["spec"]["num_nodes"]) * int(snap.record["spec"]["procs_per_node"])
+        nodes = int(snap.record["spec"]["num_nodes"])
+        sources = _log_sources(step, nodes, world)
+        return self._stream_logs(job_id, sources, follow)
+
+    def _stream_logs(self, job_id: str, select, follow: bool) -> Iterator[str]:
+        seen: dict[str, int] = {}
+        while True:
+            done = self._snapshot(job_id).status.is_terminal if follow else True  # state before content: no lost tail
+            for source, prefix in select(self, job_id):
+                text = self._read_log(source)
+                lines = text.splitlines()
+                if not done and text and not text.endswith("\n"):
+                    lines = lines[:-1]  # a line still being written
+                start = seen.get(source, 0)
+                for line in lines[start:]:
+                    yield prefix + line
+                seen[source] = max(start, len(lines))
+            if done:
+                return
+            time.sleep(FOLLOW_INTERVAL)
+
+    def _read_log(self, source: str) -> str:
+        kind, _, ident = source.partition(":")
+        try:
+            if kind == "driver":
+                return self.conn.jobs().get_job_logs(ident)
+            raw = self.conn.http_get("/api/v0/logs/file", actor_id=ident, lines=-1, suffix="out").decode(errors="replace")
+        except Exception as e:  # noqa: BLE001 - a node that is gone takes its log files with it
+            return f"[trainjob] the log of {source} is not available from Ray: {type(e).__name__}: {e}\n"
+        return "".join(line for line in raw.splitlines(keepends=True) if not line.startswith(_RAY_MARKERS))
+
+    def _ranks_by_attempt(self, job_id: str) -> list[list[dict[str, Any]]]:
+        kv, keys = self.conn.kv, Keys(job_id)
+        per: dict[str, list[dict[str, Any]]] = {}
+        for key, rec in kv.scan_json(keys.ranks()):
+            per.setdefault(key.split("/")[2], []).append(rec)
+        return [per[a] for a in sorted(per)]
+
+    # ---- control -----------------------------------------------------------------------
+    def stop_job(self, job_id: str) -> None:
+        snap = self._snapshot(job_id)
+        if snap.status.is_terminal:
+            return
+        kv, keys = self.conn.kv, Keys(job_id)
+        if kv.claim_json(keys.stop, {"time": time.time()}):
+            EventWriter(kv, keys, "cli")("StopRequested", "stop requested by the user")
+        if snap.status == JobStatus.CREATED:
+            # No driver yet to carry the stop out: have Ray cancel the job, and record it here.
+            from trainjob.backends.ray.driver import record_outcome
+
+            self._ray_stop(job_id)
+            record_outcome(kv, keys, EventWriter(kv, keys, "cli"), JobStatus.STOPPED, "stopped on request before it started", None, {"metrics": {}})
+
+    def delete_job(self, job_id: str) -> None:
+        kv, keys = self.conn.kv, Keys(self._check_id(job_id))
+        info = self._job_info(job_id)
+        record = kv.get_json(keys.job)
+        if record is None and info is None:
+            raise JobNotFoundError(job_id)
+        if info is not None and str(info.status).split(".")[-1].upper() not in _RAY_TERMINAL:
+            self._ray_stop(job_id)
+            deadline = time.monotonic() + DELETE_WAIT
+            while time.monotonic() < deadline:
+                info = self._job_info(job_id)
+                if info is None or str(info.status).split(".")[-1].upper() in _RAY_TERMINAL:
+                    break
+                time.sleep(0.2)
+            else:
+                raise BackendError(f"Ray did not end job {job_id} within {DELETE_WAIT:g}s of `ray job stop`; try again")
+        driver = kv.get_json(keys.driver) or {}
+        if info is not None:
+            try:
+                self.conn.jobs().delete_job(job_id)
+            except Exception as e:  # noqa: BLE001 - the job record may already be gone
+                if "does not exist" not in str(e):
+                    raise BackendError(f"Ray could not delete job {job_id}: {e}") from e
+        kv.delete_prefix(keys.prefix)
+        folder = Path(driver["job_dir"]) if driver.get("job_dir") else None
+        if folder is not None and folder.name == job_id and folder.parent.name == "jobs" and folder.is_dir():
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)  # visible here when the cluster's home is this machine's or shared
+
+    def _ray_stop(self, job_id: str) -> None:
+        try:
+            self.conn.jobs().stop_job(job_id)
+        except Exception as e:  # noqa: BLE001 - it may have ended meanwhile
+            if "does not exist" not in str(e):
+                raise BackendError(f"Ray could not stop job {job_id}: {e}") from e
+
+    # ---- helpers -----------------------------------------------------------------------
+    def _check_id(self, job_id: str) -> str:
+        if not isinstance(job_id, str) or not job_id or "/" in job_id:
+            raise JobNotFoundError(str(job_id))
+        return job_id
+
+    def _require(self, job_id: str) -> None:
+        if self.conn.kv.get(Keys(self._check_id(job_id)).job) is None:
+            raise JobNotFoundError(job_id)
+
+    def _to_job(self, snap: _Snapshot) -> TrainJob:
+        spec = snap.record["spec"]
+        device = "gpu" if (spec.get("resources") or {}).get("gpu") else "cpu"
+        by_node: dict[int, list[dict[str, Any]]] = {}
+        for r in snap.ranks:
+            by_node.setdefault(int(r.get("node_rank", 0)), []).append(r)
+        steps = [
+            Step(f"node-{k}", snap.status, device, len(rs), tuple(int(r["pid"]) for r in sorted(rs, key=lambda r: r["rank"]) if r.get("pid")))
+            for k, rs in sorted(by_node.items())
+        ] or [Step(f"node-{i}", snap.status, device, int(spec["procs_per_node"])) for i in range(int(spec["num_nodes"]))]
+        first_attempt = self.conn.kv.get_json(Keys(snap.job_id).attempt(0)) if snap.status != JobStatus.CREATED else None
+        finished = (snap.outcome or {}).get("finished_at")
+        return TrainJob(
+            id=snap.job_id,
+            name=snap.record.get("name") or snap.job_id,
+            status=snap.status,
+            backend=self.name,
+            created_at=_dt(snap.record["created_at"]),
+            started_at=_dt(first_attempt["time"]) if first_attempt else None,
+            finished_at=_dt(finished) if finished and snap.status.is_terminal else None,
+            num_nodes=int(spec["num_nodes"]),
+            procs_per_node=int(spec["procs_per_node"]),
+            attempt=snap.attempt,
+            steps=steps,
+            message=snap.message,
+            spec=spec,
+            job_dir=Path(snap.driver["job_dir"]) if (snap.driver or {}).get("job_dir") else None,
+        )
+
+
+# ---- logs ------------------------------------------------------------------------------------
+def _log_sources(step: str, nodes: int, world: int):
+    """Which logs make up ``step``: a callable (backend, job_id) -> [(source, line prefix)]."""
+    if step in ("driver", "supervisor"):
+        return lambda backend, job_id: [(f"driver:{job_id}", "")]
+    kind, _, num = step.partition("-")
+    limit = nodes if kind == "node" else world
+    if kind not in ("node", "rank") or not num.isdigit() or int(num) >= limit:
+        choices = [f"node-{i}" for i in range(nodes)] + [f"rank-{r}" for r in range(world)] + ["driver"]
+        raise ValidationError([Problem("step", step, f"one of {', '.join(choices)}")], "get_job_logs()")
+    k = int(num)
+
+    def select(backend: RayBackend, job_id: str) -> list[tuple[str, str]]:
+        out = []
+        for ranks in backend._ranks_by_attempt(job_id):
+            mine = sorted((r for r in ranks if (r.get("rank") if kind == "rank" else r.get("node_rank")) == k), key=lambda r: r["rank"])
+            several = kind == "node" and len(mine) > 1
+            out += [(f"actor:{r['actor_id']}", f"[rank {r['rank']}] " if several else "") for r in mine if r.get("actor_id")]
+        return out
+
+    return select
+
+
+# ---- addresses -------------------------------------------------------------------------------
+def _check_config(config: RayBackendConfig) -> list[Problem]:
+    p = []
+    a = config.address
+    if not isinstance(a, str) or not a.strip():
+        p.append(Problem("address", a, "'auto', 'host:port' (the GCS), 'ray://host:10001' or 'http://host:8265'"))
+    elif "://" in a and not a.startswith(("ray://", "http://", "https://")):
+        p.append(Problem("address", a, "a ray://, http:// or https:// address, 'host:port' (the GCS) or 'auto'"))
+    elif "://" not in a and a != "auto" and not _is_host_port(a):
+        p.append(Problem("address", a, "'auto' or 'host:port' of the cluster's GCS (e.g. '10.0.0.1:6379')"))
+    if config.gcs_address is not None and not _is_host_port(config.gcs_address):
+        p.append(Problem("gcs_address", config.gcs_address, "'host:port' of the cluster's GCS (e.g. '10.0.0.1:6379')"))
+    if config.installer not in plan.INSTALLERS:
+        p.append(Problem("installer", config.installer, f"one of {', '.join(plan.INSTALLERS)}"))
+    if config.working_dir is not None and not Path(config.working_dir).expanduser().is_dir():
+        p.append(Problem("working_dir", str(config.working_dir), "an existing local folder to ship with every job (or None)"))
+    if not isinstance(config.python, str) or not config.python.strip():
+        p.append(Problem("python", config.python, "the Python command on the cluster's nodes, e.g. 'python' or '/opt/venv/bin/python'"))
+    return p
+
+
+def _is_host_port(a: str) -> bool:
+    host, sep, port = a.rpartition(":")
+    return bool(sep and host and port.isdigit())
+
+
+def _resolve_gcs(address: str) -> str:
+    """``"auto"`` -> ``RAY_ADDRESS`` or this machine's running cluster; ``host:port`` stays as given.
+
+    Ray's own resolution turns 127.0.0.1 into the machine's interface address; trainjob keeps the
+    address it was given (so a cluster on loopback stays on loopback).
+    """
+    if address != "auto":
+        return address
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env != "auto":
+        if env.startswith(("http://", "https://", "ray://")):
+            raise BackendError(f"RAY_ADDRESS={env!r} is not a GCS address; pass it as RayBackendConfig(address={env!r})")
+        return env
+    from ray._private.services import find_bootstrap_address
+
+    found = find_bootstrap_address(None)
+    if not found:
+        raise BackendError("RayBackendConfig(address='auto') found no Ray cluster on this machine; start one (ray start --head) or give its address")
+    return found
+
+
+def _dashboard_of(kv: KV, cluster_host: str) -> str:
+    """The dashboard URL the cluster registered in its GCS; a wildcard bind host becomes the host we reached."""
+    raw = kv._gcs.internal_kv_get(b"dashboard", b"dashboard")
+    if not raw:
+        raise BackendError(f"the Ray cluster at {cluster_host} has no dashboard; the Ray Jobs API needs one (ray start --include-dashboard=true)")
+    host, _, port = raw.decode().rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = cluster_host
+    return f"http://{host}:{port}"
+
+
+# ---- payload ---------------------------------------------------------------------------------
+def _load_return_value(data: bytes | None) -> Any:
+    import pickle
+
+    if data is None:
+        return None
+    try:
+        loaded = pickle.loads(data)
+    except Exception as e:  # noqa: BLE001 - e.g. a class the client cannot import
+        return f"<return value could not be loaded here: {type(e).__name__}: {e}>"
+    return loaded.get("value") if "unpicklable" not in loaded else loaded.get("repr")
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def _path(p: str | None) -> Path | None:
+    return Path(p) if p else None

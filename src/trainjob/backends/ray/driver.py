@@ -1,0 +1,250 @@
+"""The Ray job's entrypoint: ``python -m trainjob.backends.ray.driver JOB_ID``.
+
+Runs on the cluster (where Ray's job manager starts it), outlives the submitting client, and
+plays the local supervisor's part: it makes the job folder, runs Ray Train's ``TorchTrainer``
+with one worker per rank (restarts are Ray Train's ``FailureConfig``; resuming from the newest
+complete checkpoint is trainjob's, in each worker), honours stop requests, and records the outcome
+(status, message, first error, result) in the GCS exactly once. If this process dies, Ray marks
+the Ray job failed and clients record that (``RayBackend``), so a status is never stuck.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trainjob import contract
+from trainjob.backends.ray import plan
+from trainjob.backends.ray.state import KV, EventWriter, Keys, dumps, last_event, read_events, read_metrics
+from trainjob.backends.ray.worker import describe_error, error_record, root_cause
+from trainjob.types import JobStatus
+
+STOP_GRACE = 300.0  # seconds ranks get to save a checkpoint and end after a stop request
+MONITOR_INTERVAL = 0.5
+
+
+class Driver:
+    def __init__(self, job_id: str, kv: KV) -> None:
+        self.job_id = job_id
+        self.kv = kv
+        self.keys = Keys(job_id)
+        record = kv.get_json(self.keys.job)
+        if record is None:
+            raise RuntimeError(f"job {job_id} has no record in the Ray GCS (namespace trainjob); was it deleted?")
+        self.record = record
+        self.spec: dict[str, Any] = record["spec"]
+        self.tracking = bool(self.spec.get("enable_progression_tracking"))
+        self.event = EventWriter(kv, self.keys, "drv")
+        home = Path(record.get("home") or contract.home()).expanduser()
+        self.job_dir = (home / "jobs" / job_id).resolve()
+        self._finished = threading.Lock()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def run(self) -> int:
+        if self._stop_requested():
+            return self.finish(JobStatus.STOPPED, "stopped on request before it started", None)
+        try:
+            self._prepare_job_dir()
+        except OSError as e:
+            msg = f"cannot make the job folder {self.job_dir} on the Ray head node ({e}); set RayBackendConfig(home=...) to a folder every node can write"
+            return self.finish(JobStatus.FAILED, msg, {"type": type(e).__name__, "message": msg, "rank": None})
+        import ray
+
+        scale = plan.scaling(self.spec)
+        self.kv.put_json(
+            self.keys.driver,
+            {"job_dir": str(self.job_dir), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "started_at": time.time(), "scaling": scale},
+        )
+        self.event("Queued", f"driver started; waiting for Ray to place {plan.describe_scaling(scale)}", {"scaling": scale})
+        monitor = threading.Thread(target=self._watch_stop, name="trainjob-stop-monitor", daemon=True)
+        monitor.start()
+        exc = None
+        try:
+            self._trainer(scale).fit()
+        except Exception as e:  # noqa: BLE001 - every failure becomes the job's recorded outcome
+            exc = e
+        return self.finish(*self._decide(exc))
+
+    def _trainer(self, scale: dict[str, Any]):
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        from trainjob.backends.ray.callbacks import FailureRecorder
+        from trainjob.backends.ray.worker import train_loop
+
+        config = {"job_id": self.job_id, "job_dir": str(self.job_dir), "spec": self.spec, "resume_from": self.record.get("resume_from")}
+        return TorchTrainer(
+            train_loop,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(**scale),
+            run_config=RunConfig(
+                name=f"trainjob-{self.job_id}",
+                storage_path=str(self.job_dir / "ray"),
+                failure_config=FailureConfig(max_failures=int(self.spec.get("max_restarts") or 0)),
+                callbacks=[FailureRecorder(self.job_id)],
+            ),
+        )
+
+    def _prepare_job_dir(self) -> None:
+        """``<home>/jobs/<id>/``: spec.json, payload.pkl, workdir/ (a resumed job's starts as a copy of its source's)."""
+        old = os.umask(0o077)
+        try:
+            (self.job_dir / contract.WORKDIR).mkdir(parents=True, exist_ok=True)
+            (self.job_dir / contract.SPEC_FILE).write_text(dumps(self.spec))
+            kind = self.spec["entrypoint"]
+            if kind in ("func", "func_ref"):
+                (self.job_dir / contract.PAYLOAD_FILE).write_bytes(self.kv.get(self.keys.payload) or b"")
+            source = self.record.get("resume_from")
+            if source:
+                src_dir = (self.kv.get_json(Keys(source).driver) or {}).get("job_dir")
+                if src_dir:
+                    link_tree(Path(src_dir) / contract.WORKDIR, self.job_dir / contract.WORKDIR)
+        finally:
+            os.umask(old)
+
+    # ---- stop --------------------------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        return self.kv.get(self.keys.stop) is not None
+
+    def _watch_stop(self) -> None:
+        """Announce a stop request; end the job if the ranks have not ended within the grace period.
+
+        Tracked jobs stop at an agreed step after saving a checkpoint (the workers read the stop
+        key themselves); untracked ones have no step to agree on and are ended at once.
+        """
+        deadline = None
+        while True:
+            time.sleep(MONITOR_INTERVAL)
+            try:
+                if deadline is None and self._stop_requested():
+                    grace = STOP_GRACE if self.tracking else 0.0
+                    how = "the ranks agree on a step, save a checkpoint there and end" if self.tracking else "no Trainer is tracked, so the Ray job ends now"
+                    self.event("Stopping", f"stopped on request: {how}")
+                    deadline = time.monotonic() + grace
+                if deadline is not None and time.monotonic() >= deadline:
+                    why = "stopped on request" + (f"; the ranks did not end within {STOP_GRACE:g}s, so the Ray job was ended" if self.tracking else "")
+                    self.finish(JobStatus.STOPPED, why, None)
+                    os._exit(0)  # Ray ends the job's actors (Ray Train's controller and workers) with it
+            except Exception as e:  # noqa: BLE001 - keep watching through a GCS hiccup
+                print(f"[trainjob] stop monitor: {e}", file=sys.stderr, flush=True)
+
+    # ---- outcome -----------------------------------------------------------------------
+    def _decide(self, exc: BaseException | None) -> tuple[JobStatus, str | None, dict | None]:
+        events = read_events(self.kv, self.keys)
+        end = (last_event(events, "TrainEnd") or {}).get("data") or {}
+        if self._stop_requested():
+            if exc is None and end.get("completed"):
+                return JobStatus.COMPLETE, None, None
+            where = f" at step {end['global_step']}" if end.get("global_step") is not None and end.get("stopped") else ""
+            ckpt = self._checkpoints().get("checkpoint")
+            return JobStatus.STOPPED, f"stopped on request{where}" + (f"; newest complete checkpoint: {Path(ckpt).name}" if ckpt else "; no checkpoint was saved"), None
+        if exc is None:
+            return JobStatus.COMPLETE, None, None
+        first = self._first_error(exc)
+        msg = describe_error(first)
+        restarts = int(self.spec.get("max_restarts") or 0)
+        if restarts:
+            msg += f" (the first failure; {restarts} restart{'s' if restarts != 1 else ''} used, see the events for each attempt)"
+        return JobStatus.FAILED, msg, first
+
+    def _first_error(self, exc: BaseException) -> dict[str, Any]:
+        """The first failure of the earliest failed attempt; else what Ray Train raised."""
+        firsts = sorted(k for k in self.kv.keys(self.keys.errors()) if k.endswith("/first"))
+        if firsts:
+            found = self.kv.get_json(firsts[0])
+            if found:
+                return found
+        attempt = max(0, len(self.kv.keys(self.keys.attempts())) - 1)
+        failures = getattr(exc, "worker_failures", None)
+        if failures:
+            rank, cause = root_cause(failures)
+            return error_record(rank, cause, attempt)
+        inner = getattr(exc, "controller_failure", None)
+        return error_record(None, inner if isinstance(inner, BaseException) else exc, attempt)
+
+    def _checkpoints(self) -> dict[str, Any]:
+        """Rank 0's report of its checkpoints, checked against the disk when this node sees it."""
+        from trainjob.checkpoints import latest_complete, list_checkpoints
+
+        rec = dict(self.kv.get_json(self.keys.checkpoints) or {})
+        out = rec.get("output_dir")
+        if out is None:
+            begin = last_event(read_events(self.kv, self.keys), "TrainBegin")
+            out = rec["output_dir"] = ((begin or {}).get("data") or {}).get("output_dir")
+        if out and Path(out).is_dir():
+            ckpt = latest_complete(out)
+            rec["checkpoint"] = str(ckpt) if ckpt else None
+            rec["checkpoints"] = [str(p) for p in list_checkpoints(out)]
+        return rec
+
+    def _result(self) -> dict[str, Any]:
+        from trainjob.progress import merge_latest
+
+        events = read_events(self.kv, self.keys)
+        end = (last_event(events, "TrainEnd") or {}).get("data") or {}
+        train, evals = merge_latest(read_metrics(self.kv, self.keys), self.spec.get("custom_metrics"))
+        ckpts = self._checkpoints()
+        return {
+            "metrics": {**train, **evals},
+            "checkpoint": ckpts.get("checkpoint"),
+            "best_checkpoint": end.get("best_model_checkpoint") or ckpts.get("best_checkpoint"),
+            "checkpoints": ckpts.get("checkpoints") or [],
+            "output_dir": ckpts.get("output_dir") or str(self.job_dir / contract.WORKDIR),
+            "log_dir": None,
+            "global_step": end.get("global_step"),
+        }
+
+    def finish(self, status: JobStatus, message: str | None, error: dict | None) -> int:
+        """Record the outcome once (the first writer wins: a client that stopped a pending job, or us)."""
+        with self._finished:
+            try:
+                result = self._result()
+            except Exception as e:  # noqa: BLE001 - the outcome must be recorded even without a result
+                result = {"metrics": {}, "error": f"{type(e).__name__}: {e}"}
+            record_outcome(self.kv, self.keys, self.event, status, message, error, result)
+        if message and status != JobStatus.COMPLETE:
+            print(f"[trainjob] job {self.job_id} {status.value}: {message}", file=sys.stderr, flush=True)
+        return 1 if status == JobStatus.FAILED else 0
+
+
+def record_outcome(kv: KV, keys: Keys, event: EventWriter, status: JobStatus, message: str | None, error: dict | None, result: dict) -> bool:
+    """Write the job's outcome unless one exists (a terminal status is final); the matching event if written."""
+    outcome = {"status": status.value, "message": message, "error": error, "result": result, "finished_at": time.time()}
+    if not kv.claim_json(keys.outcome, outcome):
+        return False
+    reason = {JobStatus.COMPLETE: "Completed", JobStatus.FAILED: "Failed", JobStatus.STOPPED: "Stopped"}[status]
+    event(reason, message or f"job {status.value.lower()}", {"error": error} if error else {})
+    return True
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy a job's workdir into a resumed job's, hard-linking files (checkpoints can be large)."""
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True, symlinks=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m trainjob.backends.ray.driver JOB_ID (started by trainjob's Ray backend)", file=sys.stderr)
+        return 2
+    import ray
+
+    ray.init(logging_level="WARNING")  # inside a Ray job: joins the cluster the job runs on
+    return Driver(argv[0], KV.in_cluster()).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

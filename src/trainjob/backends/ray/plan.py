@@ -1,0 +1,109 @@
+"""Spec -> what is handed to Ray: the job's runtime environment, entrypoint and Ray Train scaling.
+
+Pure functions, no Ray import: tests assert on the plan itself (like the local launcher's
+``plan_launch``). The submitting client builds the runtime environment; the job's driver builds
+the ``ScalingConfig`` from ``scaling()``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Mapping
+
+# Set in every job unless the user's ``env`` says otherwise.
+DEFAULT_ENV = {
+    "PYTHONUNBUFFERED": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    # Ray Train V2 routes print() through a logger that writes each line to stdout *and* stderr;
+    # trainjob's rank logs are the worker's own output, once.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+INSTALLERS = ("uv", "pip")
+
+
+def entrypoint(job_id: str, python: str = "python") -> str:
+    """The Ray job's entrypoint: trainjob's driver, run by the nodes' ``python``."""
+    return f"{shlex.quote(python)} -m trainjob.backends.ray.driver {shlex.quote(job_id)}"
+
+
+def runtime_env(spec: Mapping[str, Any], env: Mapping[str, str] | None, installer: str = "uv", working_dir: str | None = None) -> dict[str, Any]:
+    """The Ray runtime environment of a job: ``env`` -> ``env_vars`` (every worker gets them),
+    ``packages_to_install`` -> ``uv`` (or ``pip``) with ``pip_index_urls`` as index options, and
+    ``working_dir`` (a local folder Ray uploads and puts first on every worker's ``PYTHONPATH``).
+
+    Ray builds the package environment once per distinct package list on each node, on top of
+    the node's own Python (its torch/transformers stay visible), and caches it.
+    """
+    out: dict[str, Any] = {"env_vars": {**DEFAULT_ENV, **(env or {})}}
+    if working_dir:
+        out["working_dir"] = str(working_dir)
+    packages = list(spec.get("packages_to_install") or [])
+    if packages:
+        options = index_options(spec.get("pip_index_urls") or [])
+        if installer == "uv":
+            out["uv"] = {"packages": packages, "uv_pip_install_options": options + ["--no-cache"]}
+        elif installer == "pip":
+            out["pip"] = {"packages": packages, "pip_check": False, **({"pip_install_options": options} if options else {})}
+        else:
+            raise ValueError(f"installer={installer!r}: expected one of {', '.join(INSTALLERS)}")
+    return out
+
+
+def index_options(urls: list[str]) -> list[str]:
+    """First URL -> ``--index-url``, the rest -> ``--extra-index-url`` (pip and uv spell them alike)."""
+    opts: list[str] = []
+    for i, url in enumerate(urls):
+        opts += ["--index-url" if i == 0 else "--extra-index-url", url]
+    return opts
+
+
+def working_dir(spec: Mapping[str, Any], configured: str | None) -> str | None:
+    """What to ship: a script job's own folder (modules next to the script import as with
+    ``python train.py``), else the configured folder (code of module and function-reference jobs
+    that is not installed on the nodes), else nothing (a pickled function travels in the GCS)."""
+    if spec.get("entrypoint") == "script" and spec.get("script"):
+        import os
+
+        return os.path.dirname(os.path.abspath(str(spec["script"])))
+    return str(configured) if configured else None
+
+
+def scaling(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``ScalingConfig`` keyword arguments: one Ray Train worker per rank.
+
+    ``resources_per_node`` is split evenly between the node's ranks. ``num_nodes > 1`` spreads
+    the workers: with one rank per node on distinct nodes (``STRICT_SPREAD``), with several per
+    node as evenly as Ray can (``SPREAD``); one node packs them (``PACK``).
+    """
+    nnodes = int(spec["num_nodes"])
+    nproc = int(spec["procs_per_node"])
+    res = spec.get("resources") or {}
+    per_worker: dict[str, float] = {"CPU": float(res["cpu"]) / nproc if res.get("cpu") else 1.0}
+    gpu = int(res.get("gpu") or 0)
+    if gpu:
+        per_worker["GPU"] = gpu / nproc
+    if res.get("memory"):
+        per_worker["memory"] = float(int(res["memory"]) // nproc)
+    if nnodes == 1:
+        strategy = "PACK"
+    else:
+        strategy = "STRICT_SPREAD" if nproc == 1 else "SPREAD"
+    return {"num_workers": nnodes * nproc, "use_gpu": gpu > 0, "resources_per_worker": per_worker, "placement_strategy": strategy}
+
+
+def describe_scaling(scale: Mapping[str, Any]) -> str:
+    """'2 workers (CPU 1 each, on distinct nodes)' for messages."""
+    n = scale["num_workers"]
+    res = ", ".join(f"{k} {_num(v) if k != 'memory' else _mem(v)}" for k, v in scale["resources_per_worker"].items())
+    where = {"STRICT_SPREAD": "on distinct nodes", "SPREAD": "spread over nodes", "PACK": "packed on as few nodes as possible"}[scale["placement_strategy"]]
+    return f"{n} worker{'s' if n != 1 else ''} ({res} each, {where})"
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def _mem(v: float) -> str:
+    from trainjob.resources import format_bytes
+
+    return format_bytes(int(v))

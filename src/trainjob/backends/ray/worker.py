@@ -1,0 +1,495 @@
+"""What every Ray Train worker runs: one rank of a trainjob job (Ray's ``train_loop_per_worker``).
+
+Runs inside the Ray Train worker processes only, in a thread of a ``RayTrainWorker`` actor, after
+Ray Train has set ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR`` and initialised the
+torch process group. It goes through the same steps as a local rank (``runtime.bootstrap``):
+instrument every Trainer unless tracking is off, resume from the newest complete checkpoint on a
+restart, run the user's function/script/module with the same ``run_entrypoint``, record the first
+exception, tear the process group down. What differs is where reports go: ``RaySink`` writes them
+into Ray's GCS key-value store (``state``), and a thread turns a stop request found there into
+``stopping.request()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainjob import contract
+from trainjob.backends.ray.state import KV, EventWriter, Keys, writer_tag
+
+FLUSH_INTERVAL = 0.25  # seconds between writes of queued reports to the GCS
+STOP_POLL = 0.5  # seconds between reads of the stop key
+TRACEBACK_LINES = 40
+MAX_RETURN_BYTES = 64 * 2**20  # a larger return value is reported by its repr
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One rank. ``config``: ``job_id``, ``job_dir`` (absolute, the same on every node), ``spec``, ``resume_from``."""
+    from trainjob.runtime import sinks
+
+    job_id, spec = config["job_id"], config["spec"]
+    job_dir = Path(config["job_dir"])
+    kv, keys = KV.in_cluster(), Keys(job_id)
+    info = contract.RankInfo.from_env()
+    attempt = _agree_on_attempt(kv, keys, info)
+    tracking = bool(spec.get("enable_progression_tracking"))
+    resume = attempt > 0 or bool(config.get("resume_from"))
+    os.environ.update(
+        {
+            contract.JOB_ID: job_id,
+            contract.JOB_DIR: str(job_dir),
+            contract.ATTEMPT: str(attempt),
+            contract.TRACKING: "1" if tracking else "0",
+            contract.METRICS_PORT: str(spec.get("metrics_port") or 0),
+            contract.CUSTOM_METRICS: _json(spec.get("custom_metrics") or {}),
+            contract.RESUME: "1" if resume else "0",
+        }
+    )
+    os.environ.pop(contract.RUN_DIR, None)  # no run folder on Ray: reports go to the sink below
+    sink = RaySink(kv, keys, attempt, source=f"r{info.rank}")
+    sinks.set_current(sink)
+    _register_rank(kv, keys, attempt, info)
+    if info.rank == 0:
+        _announce(kv, keys, sink, attempt, info, resume)
+    if kv.get(keys.stop) is not None:
+        sink.close()
+        return  # a stop came before this attempt: nothing to train (the driver records Stopped)
+
+    watcher = StopWatcher(kv, keys) if tracking else None
+    if tracking or resume:
+        from trainjob.runtime import instrument
+
+        instrument.install(callback=tracking, resume=resume)
+    runnable = _materialize(kv, keys, job_dir, spec)
+    workdir = job_dir / contract.WORKDIR
+    workdir.mkdir(parents=True, exist_ok=True)
+    previous_cwd = os.getcwd()
+    os.chdir(workdir)  # Ray Train workers start in a Ray folder: relative paths land in the job's workdir
+    output = _MergedOutput()
+    value, failure = None, None
+    try:
+        from trainjob.runtime.bootstrap import run_entrypoint
+
+        value = run_entrypoint(runnable, job_dir)
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            failure = e
+    except BaseException as e:  # noqa: BLE001 - recorded for the driver, then re-raised to Ray Train
+        failure = e
+    finally:
+        if failure is not None:
+            traceback.print_exception(type(failure), failure, failure.__traceback__)
+            _record_error(kv, keys, sink, attempt, info.rank, failure)
+        from trainjob.runtime.bootstrap import shutdown_distributed
+
+        shutdown_distributed()
+        if watcher is not None:
+            watcher.close()
+        if info.rank == 0:
+            _report_checkpoints(kv, keys, sink, attempt)
+            if failure is None:
+                _put_return_value(kv, keys, value)
+        sink.close()
+        output.restore()
+        os.chdir(previous_cwd)
+    if isinstance(failure, SystemExit):
+        raise RuntimeError(f"the training code exited with code {failure.code}") from None
+    if failure is not None:
+        raise failure
+
+
+# ---- the attempt and the ranks -------------------------------------------------------------
+def _agree_on_attempt(kv: KV, keys: Keys, info: contract.RankInfo) -> int:
+    """Agree on the attempt number and a rendezvous port, then hand the ranks over as torchrun would.
+
+    Ray Train does not tell workers which restart this is, so rank 0 counts in the GCS with a
+    put-if-absent and broadcasts the number over the process group Ray Train set up. That group
+    is then destroyed and ``MASTER_PORT`` pointed at a fresh port: the user's code (HF's
+    accelerate, or a plain ``dist.init_process_group("gloo")`` written for torchrun) creates its
+    own group from the ``env://`` variables, exactly as under torchrun, instead of failing on
+    "initialize the default process group twice".
+    """
+    n, port = 0, 0
+    if info.rank == 0:
+        n = len(kv.keys(keys.attempts()))
+        while not kv.claim_json(keys.attempt(n), {"attempt": n, "time": time.time(), "world_size": info.world_size}):
+            n += 1
+        port = _free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")
+    n, port = _share_from_rank0(n, port)
+    if port:
+        os.environ["MASTER_PORT"] = str(port)
+    return n
+
+
+def _share_from_rank0(*values: int) -> tuple[int, ...]:
+    """Broadcast ints from rank 0 over Ray Train's process group, then destroy that group."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return values
+    if dist.get_world_size() > 1:
+        import torch
+
+        device = "cpu"
+        if dist.get_backend() == "nccl":
+            from ray.train.torch import get_device
+
+            device = get_device()
+        t = torch.tensor(list(values), dtype=torch.int64, device=device)
+        dist.broadcast(t, src=0)
+        values = tuple(int(v) for v in t.tolist())
+    dist.destroy_process_group()
+    return values
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _register_rank(kv: KV, keys: Keys, attempt: int, info: contract.RankInfo) -> None:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    kv.put_json(
+        keys.rank(attempt, info.rank),
+        {
+            "rank": info.rank,
+            "local_rank": info.local_rank,
+            "node_rank": info.node_rank,
+            "world_size": info.world_size,
+            "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ctx.get_node_id(),
+            "actor_id": ctx.get_actor_id(),
+            "pid": os.getpid(),
+            "time": time.time(),
+        },
+    )
+
+
+def _announce(kv: KV, keys: Keys, sink: "RaySink", attempt: int, info: contract.RankInfo, resume: bool) -> None:
+    """Rank 0: the ``Started`` event, and ``Restarting`` (with what failed and where it resumes) on a restart."""
+    world = info.world_size
+    if attempt > 0:
+        from trainjob.checkpoints import checkpoint_step, latest_complete
+
+        prev = kv.get_json(keys.first_error(attempt - 1))
+        cause = describe_error(prev) if prev else "a worker failed"
+        ckpt = latest_complete(previous_output_dir(kv, keys))
+        max_restarts = int((kv.get_json(keys.job) or {}).get("spec", {}).get("max_restarts") or 0)
+        sink.event(
+            {
+                "time": time.time(),
+                "reason": "Restarting",
+                "message": f"restart {attempt}/{max_restarts} after {cause}"
+                + (f"; resuming from {ckpt.name}" if ckpt else "; no complete checkpoint yet: from the start"),
+                "data": {"attempt": attempt, "checkpoint": str(ckpt) if ckpt else None, "step": checkpoint_step(ckpt) if ckpt else None},
+                "attempt": attempt,
+            }
+        )
+    sink.event(
+        {
+            "time": time.time(),
+            "reason": "Started",
+            "message": f"attempt {attempt}: {world} rank{'s' if world != 1 else ''} as Ray Train workers" + (" (resuming)" if resume else ""),
+            "data": {"attempt": attempt, "world_size": world, "resume": resume},
+            "attempt": attempt,
+        }
+    )
+    sink.flush()
+
+
+def previous_output_dir(kv: KV, keys: Keys) -> str | None:
+    """The ``output_dir`` of the job's Trainer so far: rank 0's end-of-attempt report, else its last ``TrainBegin``."""
+    from trainjob.backends.ray.state import last_event, read_events
+
+    reported = (kv.get_json(keys.checkpoints) or {}).get("output_dir")
+    if reported:
+        return reported
+    begin = last_event(read_events(kv, keys), "TrainBegin")
+    return ((begin or {}).get("data") or {}).get("output_dir")
+
+
+def _materialize(kv: KV, keys: Keys, job_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """What ``run_entrypoint`` needs on this node; returns the spec to run.
+
+    A function's payload is written into the job folder if it is not there yet (on shared storage
+    the driver wrote it; on a node with its own disk the first rank there fetches it from the GCS).
+    A script came with Ray's ``working_dir`` (its folder), which Ray puts first on ``PYTHONPATH``.
+    """
+    spec = dict(spec)
+    kind = spec["entrypoint"]
+    if kind in ("func", "func_ref"):
+        _write_once(job_dir / contract.PAYLOAD_FILE, lambda: kv.get(keys.payload))
+    elif kind == "script":
+        name = Path(spec["script"]).name
+        found = [Path(p) / name for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and (Path(p) / name).is_file()]
+        if not found:
+            raise RuntimeError(f"the script {name} did not arrive with the job's Ray working_dir (PYTHONPATH={os.environ.get('PYTHONPATH')!r})")
+        spec["script"] = str(found[0])
+    return spec
+
+
+def _write_once(path: Path, fetch) -> None:
+    if path.exists():
+        return
+    data = fetch()
+    if data is None:
+        raise RuntimeError(f"the job's {path.name} is missing from the Ray GCS (was the job deleted?)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ---- errors and results --------------------------------------------------------------------
+def error_record(rank: int | None, exc: BaseException, attempt: int) -> dict[str, Any]:
+    """The same record a local rank writes to ``errors/rank-N.json`` (type, message, traceback tail, hint)."""
+    from trainjob.runtime.hints import hint_for
+
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = str(exc) if not isinstance(exc, SystemExit) else f"exit code {exc.code}"
+    return {
+        "rank": rank,
+        "type": type(exc).__name__,
+        "message": message,
+        "traceback": "\n".join(tb.rstrip().splitlines()[-TRACEBACK_LINES:]),
+        "time": time.time(),
+        "hint": hint_for(type(exc).__name__, message),
+        "attempt": attempt,
+    }
+
+
+def describe_error(error: dict[str, Any] | None, attempt: int | None = None) -> str:
+    """'attempt 0: rank 1: ValueError: boom' (the local supervisor's wording)."""
+    if not error:
+        return "failed"
+    where = f"rank {error['rank']}: " if error.get("rank") is not None else ""
+    pre = f"attempt {attempt}: " if attempt is not None else ""
+    return f"{pre}{where}{error.get('type')}: {error.get('message')}"
+
+
+def claim_first_error(kv: KV, keys: Keys, attempt: int, record: dict[str, Any], write_event) -> bool:
+    """Record ``record`` as the first failure of ``attempt`` unless one is already; emit ``AttemptFailed`` if so."""
+    if not kv.claim_json(keys.first_error(attempt), record):
+        return False
+    write_event(
+        {
+            "time": time.time(),
+            "reason": "AttemptFailed",
+            "message": describe_error(record, attempt),
+            "data": {"attempt": attempt, "error": record},
+            "attempt": attempt,
+        }
+    )
+    return True
+
+
+def _record_error(kv: KV, keys: Keys, sink: "RaySink", attempt: int, rank: int, exc: BaseException) -> None:
+    try:
+        record = error_record(rank, exc, attempt)
+        kv.put_json(keys.error(attempt, rank), record)
+        claim_first_error(kv, keys, attempt, record, sink.event)
+        sink.flush()
+    except Exception as e:  # noqa: BLE001 - the GCS is unreachable: the driver falls back to Ray's own error
+        print(f"[trainjob] could not record the error in the Ray GCS: {e}", file=sys.stderr, flush=True)
+
+
+def _report_checkpoints(kv: KV, keys: Keys, sink: "RaySink", attempt: int) -> None:
+    """Rank 0, end of an attempt: the checkpoints it sees in its ``output_dir`` (the client may not see that disk)."""
+    from trainjob.checkpoints import latest_complete, list_checkpoints
+
+    out = sink.output_dir
+    if not out:
+        return
+    ckpt = latest_complete(out)
+    try:
+        kv.put_json(
+            keys.checkpoints,
+            {
+                "attempt": attempt,
+                "output_dir": out,
+                "checkpoint": str(ckpt) if ckpt else None,
+                "checkpoints": [str(p) for p in list_checkpoints(out)],
+                "best_checkpoint": (sink.train_end or {}).get("best_model_checkpoint"),
+                "global_step": (sink.train_end or {}).get("global_step"),
+            },
+        )
+    except Exception as e:  # noqa: BLE001 - reporting must not turn a finished training into a failure
+        print(f"[trainjob] could not report checkpoints: {e}", file=sys.stderr, flush=True)
+
+
+def _put_return_value(kv: KV, keys: Keys, value: Any) -> None:
+    import cloudpickle
+
+    try:
+        data = cloudpickle.dumps({"value": value})
+    except Exception as e:  # noqa: BLE001 - an unpicklable return value is reported, not fatal
+        data = cloudpickle.dumps({"value": None, "unpicklable": f"{type(value).__name__}: {e}", "repr": repr(value)[:2000]})
+    if len(data) > MAX_RETURN_BYTES:
+        data = cloudpickle.dumps({"value": None, "unpicklable": f"{len(data)} bytes is too large to keep in the Ray GCS", "repr": repr(value)[:2000]})
+    try:
+        kv.put(keys.return_value, data)
+    except Exception as e:  # noqa: BLE001
+        print(f"[trainjob] could not store the return value: {e}", file=sys.stderr, flush=True)
+
+
+def root_cause(worker_exceptions: dict[int, BaseException]) -> tuple[int, BaseException]:
+    """The rank whose failure explains the others: a dead worker before the peers that lost it, then the lowest rank."""
+
+    def died(e: BaseException) -> bool:
+        return type(e).__name__ in ("ActorDiedError", "RayActorError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError")
+
+    ranked = sorted(worker_exceptions.items(), key=lambda kv_: (not died(kv_[1]), kv_[0]))
+    rank, exc = ranked[0]
+    return rank, getattr(exc, "cause", None) if isinstance(getattr(exc, "cause", None), BaseException) else exc
+
+
+# ---- the sink and the stop watcher ---------------------------------------------------------
+class RaySink:
+    """Where rank 0's callback reports on Ray: the job's keys in the GCS (see ``state``).
+
+    ``progress``/``metric``/``event`` only queue (a few microseconds); a daemon thread writes the
+    queue every ``FLUSH_INTERVAL`` seconds, so training never waits on the network. ``TrainEnd``
+    is written at once and synchronously: the final state must be recorded before the process
+    may end. Write errors are printed once and dropped; reporting never fails training.
+    """
+
+    def __init__(self, kv: KV, keys: Keys, attempt: int, source: str) -> None:
+        self.kv, self.keys, self.attempt = kv, keys, attempt
+        self.source = f"{source}{writer_tag()}"
+        self.output_dir: str | None = None
+        self.train_end: dict[str, Any] | None = None
+        self._progress: dict[str, Any] | None = None
+        self._metrics: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._seq = 0
+        self._lock = threading.Lock()  # the queues
+        self._write_lock = threading.Lock()  # one writer at a time keeps keys in order
+        self._wake = threading.Event()
+        self._closed = False
+        self._warned = False
+        self._thread: threading.Thread | None = None
+
+    # ---- Sink protocol -----------------------------------------------------------------
+    def progress(self, progress: dict[str, Any]) -> None:
+        with self._lock:
+            self._progress = progress
+        self._start()
+
+    def metric(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._metrics.append(entry)
+        self._start()
+
+    def event(self, event: dict[str, Any]) -> None:
+        data = event.get("data") or {}
+        if event.get("reason") == "TrainBegin" and data.get("output_dir"):
+            self.output_dir = data["output_dir"]
+        with self._lock:
+            self._events.append(event)
+        if event.get("reason") == "TrainEnd":
+            self.train_end = data
+            self.flush()
+        else:
+            self._start()
+
+    # ---- writing -----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write everything queued now, in the calling thread."""
+        with self._write_lock:
+            with self._lock:
+                progress, self._progress = self._progress, None
+                metrics, self._metrics = self._metrics, []
+                events, self._events = self._events, []
+            try:
+                if metrics:
+                    self._seq += 1
+                    self.kv.put(self.keys.metrics(self.attempt) + f"{time.time_ns():020d}-{self.source}-{self._seq:06d}", _json(metrics))
+                for ev in events:
+                    self._seq += 1
+                    self.kv.put(self.keys.event(self.source, self._seq, ev.get("time")), _json(ev))
+                if progress is not None:
+                    self.kv.put(self.keys.progress, _json(progress))
+            except Exception as e:  # noqa: BLE001 - the GCS is briefly unreachable: drop, never fail training
+                if not self._warned:
+                    self._warned = True
+                    print(f"[trainjob] could not report progress to the Ray GCS: {e}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _start(self) -> None:
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="trainjob-ray-sink", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(FLUSH_INTERVAL)
+            self.flush()
+
+
+class StopWatcher:
+    """A daemon thread that reads the job's stop key and, once it is there, asks this rank to stop.
+
+    The ranks then agree on a step, save a checkpoint there and end (``runtime.stopping``).
+    """
+
+    def __init__(self, kv: KV, keys: Keys, interval: float = STOP_POLL) -> None:
+        self.kv, self.keys, self.interval = kv, keys, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trainjob-stop-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from trainjob.runtime import stopping
+
+        while not self._done.wait(self.interval):
+            try:
+                if self.kv.get(self.keys.stop) is not None:
+                    stopping.request()
+                    return
+            except Exception:  # noqa: BLE001 - GCS hiccup: ask again next time
+                continue
+
+    def close(self) -> None:
+        self._done.set()
+
+
+class _MergedOutput:
+    """stderr joins stdout for the user's code, so a rank's log (the worker's ``.out`` file) is one stream."""
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        os.dup2(1, 2)
+
+    def restore(self) -> None:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+
+def _json(value: Any) -> str:
+    from trainjob.backends.ray.state import dumps
+
+    return dumps(value)

@@ -1,0 +1,275 @@
+"""The dashboard's web server: static pages plus a JSON API over ``TrainerClient``.
+
+Pages (``static/``, plain HTML + vanilla JS, no build step, nothing from a CDN):
+``/`` the job list, ``/jobs/{id}`` one job with live curves, logs, events and result.
+
+JSON API (the records of :mod:`trainjob.cli.records`, the same as ``trainjob ... -o json``):
+
+==========================================  =====================================================
+``GET  /api/jobs[?status=Running]``         ``{"jobs": [job, ...]}`` each with its ``progress``
+``GET  /api/jobs/{id}``                     one job record (with ``progress``)
+``GET  /api/jobs/{id}/progress``            the progress JSON, or ``null``
+``GET  /api/jobs/{id}/metrics?after=N``     ``{"entries": [...], "next": M}``: entries from the
+                                            N-th on; poll again with ``after=M``
+``GET  /api/jobs/{id}/events?after=N``      ``{"events": [...], "next": M}``
+``GET  /api/jobs/{id}/logs?rank=&node=&``   ``{"lines": [...], "offset": K, "next": M, "total": T,
+``     step=&offset=N&limit=L``             "steps": [...]}``: lines N.. (first call: the last L)
+``GET  /api/jobs/{id}/result``              the result record
+``GET  /api/session``                       ``{"csrf": ...}`` for the page's actions
+``POST /api/jobs/{id}/stop``                graceful stop (needs ``X-Trainjob-Csrf``)
+``POST /api/jobs/{id}/delete``              delete the job and its files (needs ``X-Trainjob-Csrf``)
+==========================================  =====================================================
+
+Errors answer ``{"error": message}`` with 400 (bad parameter), 404 (no such job) or 409.
+Handlers are synchronous (the store is SQLite); Starlette runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from trainjob.cli.records import event_record, job_record, jsonable, result_record
+from trainjob.client import TrainerClient
+from trainjob.dashboard.security import MIN_TOKEN_LENGTH, Guard, is_loopback
+from trainjob.errors import JobNotFoundError, JobStateError, ValidationError
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_PORT = 8686  # not Ray's dashboard (8265), not Jupyter (8888)
+LOG_TAIL = 400  # lines sent on a first logs request (no offset): the tail
+LOG_CHUNK = 5000  # most lines sent per later request
+_JOB_ID = re.compile(r"^[a-z][a-z0-9]{11}$")
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """Where the dashboard listens and who may use it. Raises ``ValueError`` saying what to change."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    poll_ms: int = 1500  # how often the job page polls (the list page: every 2 s)
+    csrf_token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.host or not self.host.strip():
+            raise ValueError("--host must be an address such as 127.0.0.1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port {self.port} is out of range; use 1-65535, or 0 for any free port")
+        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"the token must have at least {MIN_TOKEN_LENGTH} characters (got {len(self.token)})")
+        if self.token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"--host {self.host} is not a loopback address: anyone who can reach it could read and stop your jobs. "
+                "Give a token with --token or TRAINJOB_DASHBOARD_TOKEN (e.g. "
+                "export TRAINJOB_DASHBOARD_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')), "
+                "or bind to 127.0.0.1 and use an SSH tunnel"
+            )
+
+
+def create_app(client: TrainerClient, config: DashboardConfig | None = None) -> Callable:
+    """The ASGI application (guarded): pages, static files and the JSON API over ``client``."""
+    config = config or DashboardConfig()
+    api = _Api(client)
+    routes = [
+        Route("/", _page("index.html")),
+        Route("/jobs/{job_id}", _page("job.html")),
+        Route("/api/session", lambda request: JSONResponse({"csrf": guard.csrf_token, "poll_ms": config.poll_ms})),
+        Route("/api/jobs", api.jobs),
+        Route("/api/jobs/{job_id}", api.job),
+        Route("/api/jobs/{job_id}/progress", api.progress),
+        Route("/api/jobs/{job_id}/metrics", api.metrics),
+        Route("/api/jobs/{job_id}/events", api.events),
+        Route("/api/jobs/{job_id}/logs", api.logs),
+        Route("/api/jobs/{job_id}/result", api.result),
+        Route("/api/jobs/{job_id}/stop", api.stop, methods=["POST"]),
+        Route("/api/jobs/{job_id}/delete", api.delete, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    guard = Guard(app, token=config.token, bind_host=config.host, csrf_token=config.csrf_token)
+    return guard
+
+
+def serve(config: DashboardConfig, client: TrainerClient, announce: Callable[[str], Any] | None = None) -> None:
+    """Listen on ``config.host:config.port`` until interrupted; ``announce(url)`` once listening.
+
+    The socket is bound here (not by uvicorn) so ``port=0`` works and the printed URL carries the
+    real port. Raises ``OSError`` when the address cannot be bound.
+    """
+    import uvicorn
+
+    sock = _bind(config.host, config.port)
+    port = sock.getsockname()[1]
+    app = create_app(client, config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False, server_header=False, lifespan="off")
+    )
+    if announce:
+        announce(dashboard_url(config.host, port, config.token))
+    server.run(sockets=[sock])
+
+
+def dashboard_url(host: str, port: int, token: str | None = None) -> str:
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)  # listening before the URL is announced: early clients wait, not fail
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+# ---- pages -----------------------------------------------------------------------------------
+def _page(name: str) -> Callable[[Request], Response]:
+    def page(request: Request) -> Response:
+        job_id = request.path_params.get("job_id")
+        if job_id is not None and not _JOB_ID.match(job_id):
+            return JSONResponse({"error": f"{job_id!r} is not a job id"}, status_code=404)
+        return FileResponse(STATIC / name, media_type="text/html", headers={"cache-control": "no-store"})
+
+    return page
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": f"nothing at {request.url.path}"}, status_code=404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405)
+
+
+# ---- JSON API --------------------------------------------------------------------------------
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(jsonable(data), status_code=status)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _int_param(request: Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError([_problem(name, raw, f"an integer >= {minimum}")], "request") from None
+    if value < minimum:
+        raise ValidationError([_problem(name, raw, f"an integer >= {minimum}")], "request")
+    return value
+
+
+def _problem(name: str, value: Any, expected: str):
+    from trainjob.errors import Problem
+
+    return Problem(name, value, expected)
+
+
+def _handler(fn: Callable[..., Response]) -> Callable[[Any, Request], Response]:
+    """Map trainjob errors to HTTP answers; check the job id's shape before touching the store."""
+
+    def wrapped(self: Any, request: Request) -> Response:
+        job_id = request.path_params.get("job_id")
+        if job_id is not None and not _JOB_ID.match(job_id):
+            return _error(404, f"{job_id!r} is not a job id")
+        try:
+            return fn(self, request)
+        except JobNotFoundError as e:
+            return _error(404, str(e))
+        except ValidationError as e:
+            return _error(400, str(e))
+        except JobStateError as e:
+            return _error(409, str(e))
+
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+class _Api:
+    def __init__(self, client: TrainerClient) -> None:
+        self.client = client
+
+    def _record(self, job_id: str) -> dict[str, Any]:
+        return job_record(self.client.get_job(job_id), self.client.get_job_progress(job_id))
+
+    @_handler
+    def jobs(self, request: Request) -> Response:
+        statuses = [s for s in request.query_params.getlist("status") for s in s.split(",") if s]
+        jobs = self.client.list_jobs(status=statuses or None)
+        return _json({"jobs": [job_record(j, self.client.get_job_progress(j.id)) for j in jobs]})
+
+    @_handler
+    def job(self, request: Request) -> Response:
+        return _json(self._record(request.path_params["job_id"]))
+
+    @_handler
+    def progress(self, request: Request) -> Response:
+        return _json(self.client.get_job_progress(request.path_params["job_id"]))
+
+    @_handler
+    def metrics(self, request: Request) -> Response:
+        after = _int_param(request, "after", 0) or 0
+        entries = self.client.get_job_metrics(request.path_params["job_id"])
+        return _json({"entries": entries[after:], "next": len(entries)})
+
+    @_handler
+    def events(self, request: Request) -> Response:
+        after = _int_param(request, "after", 0) or 0
+        events = self.client.get_job_events(request.path_params["job_id"])
+        return _json({"events": [event_record(e) for e in events[after:]], "next": len(events)})
+
+    @_handler
+    def logs(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        job = self.client.get_job(job_id)
+        rank, node = _int_param(request, "rank"), _int_param(request, "node")
+        step = request.query_params.get("step") or (f"rank-{rank}" if rank is not None else f"node-{node or 0}")
+        offset = _int_param(request, "offset")
+        limit = _int_param(request, "limit", LOG_TAIL, minimum=1) or LOG_TAIL
+        lines = list(self.client.get_job_logs(job_id, step=step))
+        start = max(0, len(lines) - limit) if offset is None else min(offset, len(lines))
+        steps = [f"node-{i}" for i in range(job.num_nodes)]
+        if job.num_nodes * job.procs_per_node > 1:
+            steps += [f"rank-{r}" for r in range(job.num_nodes * job.procs_per_node)]
+        steps.append("supervisor")
+        end = min(len(lines), start + LOG_CHUNK)
+        return _json({"step": step, "lines": lines[start:end], "offset": start, "next": end, "total": len(lines), "steps": steps})
+
+    @_handler
+    def result(self, request: Request) -> Response:
+        return _json(result_record(self.client.get_job_result(request.path_params["job_id"])))
+
+    @_handler
+    def stop(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        self.client.stop_job(job_id)
+        return _json({"ok": True, "job": self._record(job_id)})
+
+    @_handler
+    def delete(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        self.client.delete_job(job_id)
+        return _json({"ok": True, "deleted": job_id})

@@ -1,0 +1,332 @@
+"""The web dashboard: its JSON API and guards over real HTTP, and its job page in a real Chromium.
+
+The server is started through the real command (`trainjob dashboard --port 0`) on 127.0.0.1;
+jobs are real tiny trainings. The browser test needs Debian's `chromium` (apt-get install
+chromium) and the `playwright` Python package (its own browser download is not used).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from trainjob import JobNotFoundError, TransformersTrainer
+from trainjob.dashboard.security import is_loopback
+from trainjob.dashboard.server import DashboardConfig
+
+TESTS = Path(__file__).parent
+ARTIFACTS = TESTS.parent / "test-artifacts"
+_SCRIPT = Path(sys.executable).parent / "trainjob"
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "trainjob.cli.main"]
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
+]  # fmt: skip
+
+
+# ---- helpers --------------------------------------------------------------------------------
+class Dashboard:
+    """A `trainjob dashboard` process on 127.0.0.1 and a free port, ended by SIGINT."""
+
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        full_env = {**os.environ, "TRAINJOB_HOME": str(home), **(env or {})}
+        self.proc = subprocess.Popen(
+            [*COMMAND, "dashboard", "--port", "0", *args],
+            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        line = self.proc.stdout.readline().strip()  # the command prints its URL first
+        if not line.startswith("http://"):
+            self.close()
+            raise AssertionError(f"dashboard did not start: {line!r} {self.proc.stderr.read()}")
+        self.url = line.split("?")[0]
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname, parts.port
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request(method, path, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path: str, headers: dict[str, str] | None = None):
+        status, _, body = self.request("GET", path, headers)
+        assert status == 200, (path, status, body)
+        return json.loads(body)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+@pytest.fixture
+def dashboard(home):
+    d = Dashboard(home)
+    yield d
+    d.close()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---- who may connect -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "host, expected",
+    [("127.0.0.1", True), ("127.0.0.9", True), ("localhost", True), ("::1", True), ("[::1]", True),
+     ("0.0.0.0", False), ("::", False), ("10.1.2.3", False), ("192.168.0.10", False), ("", False)],
+)  # fmt: skip
+def test_is_loopback(host, expected):
+    assert is_loopback(host) is expected
+
+
+def test_config_requires_token_beyond_loopback():
+    with pytest.raises(ValueError, match="--token"):
+        DashboardConfig(host="0.0.0.0")
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        DashboardConfig(host="0.0.0.0", token="short")
+    assert DashboardConfig(host="0.0.0.0", token="a-long-enough-token").token == "a-long-enough-token"
+    assert DashboardConfig().host == "127.0.0.1" and DashboardConfig().port == 8686
+
+
+def test_command_refuses_public_bind_without_token(home):
+    env = {k: v for k, v in os.environ.items() if k != "TRAINJOB_DASHBOARD_TOKEN"}
+    proc = subprocess.run([*COMMAND, "dashboard", "--host", "0.0.0.0", "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "not a loopback address" in proc.stderr and "--token" in proc.stderr
+    assert proc.stdout == ""  # never announced, never listened
+
+
+def test_token_is_checked_on_every_request(home):
+    token = "tok-" + "x" * 20
+    d = Dashboard(home, env={"TRAINJOB_DASHBOARD_TOKEN": token})
+    try:
+        for path in ("/", "/api/jobs", "/static/job.js", "/api/session"):
+            status, headers, body = d.request("GET", path)
+            assert status == 401, path
+        assert json.loads(body)["reason"] == "token"
+        assert d.request("GET", "/api/jobs", {"Authorization": f"Bearer {token}"})[0] == 200
+        assert d.request("GET", "/api/jobs", {"X-Trainjob-Token": token})[0] == 200
+        assert d.request("GET", "/api/jobs", {"Authorization": "Bearer wrong-token-value"})[0] == 401
+        assert d.request("GET", "/?token=wrong-token-value")[0] == 401
+        # Opening the printed link sets an HttpOnly cookie and drops the token from the URL.
+        status, headers, _ = d.request("GET", f"/jobs/abcdefghijkl?token={token}")
+        assert status == 303 and headers["location"] == "/jobs/abcdefghijkl"
+        cookie = headers["set-cookie"]
+        assert cookie.startswith(f"trainjob_token={token}") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        status, _, body = d.request("GET", "/api/jobs", {"Cookie": cookie.split(";")[0]})
+        assert status == 200 and json.loads(body) == {"jobs": []}
+        # The token does not replace the cross-site protection of actions.
+        assert d.request("POST", "/api/jobs/abcdefghijkl/stop", {"Authorization": f"Bearer {token}"})[0] == 403
+    finally:
+        d.close()
+
+
+# ---- the JSON API ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_api_serves_a_finished_job(client, dashboard):
+    from trainjob.demo import train_tiny_gpt2
+
+    job_id = client.train(TransformersTrainer(func=train_tiny_gpt2, func_args={"max_steps": 30, "eval_steps": 10, "save_steps": None}), name="api-job")
+    client.wait_for_job_completion(job_id, timeout=240)
+    d = dashboard
+
+    jobs = d.get_json("/api/jobs")["jobs"]
+    assert [j["id"] for j in jobs] == [job_id] and jobs[0]["name"] == "api-job"
+    assert d.get_json("/api/jobs?status=Running") == {"jobs": []}
+    job = d.get_json(f"/api/jobs/{job_id}")
+    assert job["status"] == "Complete" and job["progress"]["currentStep"] == 30 and job["progress"]["progressPercentage"] == 100
+    assert d.get_json(f"/api/jobs/{job_id}/progress")["totalSteps"] == 30
+
+    m = d.get_json(f"/api/jobs/{job_id}/metrics?after=0")
+    assert [e["step"] for e in m["entries"] if "loss" in e] == [10, 20, 30]
+    assert [e["step"] for e in m["entries"] if "eval_loss" in e] == [10, 20, 30]
+    assert m["next"] == len(m["entries"])
+    assert d.get_json(f"/api/jobs/{job_id}/metrics?after={m['next']}") == {"entries": [], "next": m["next"]}
+    assert d.get_json(f"/api/jobs/{job_id}/metrics?after=2")["entries"] == m["entries"][2:]
+
+    ev = d.get_json(f"/api/jobs/{job_id}/events")
+    assert [e["reason"] for e in ev["events"]][0] == "Created" and ev["events"][-1]["reason"] == "Completed"
+    assert d.get_json(f"/api/jobs/{job_id}/events?after={ev['next']}")["events"] == []
+
+    logs = d.get_json(f"/api/jobs/{job_id}/logs")
+    assert logs["step"] == "node-0" and logs["steps"] == ["node-0", "supervisor"]
+    assert any("'loss':" in line for line in logs["lines"]) and logs["next"] == logs["total"]
+    again = d.get_json(f"/api/jobs/{job_id}/logs?rank=0&offset={logs['next']}")
+    assert again["lines"] == [] and again["step"] == "rank-0"
+    assert d.request("GET", f"/api/jobs/{job_id}/logs?offset=-3")[0] == 400
+    assert d.request("GET", f"/api/jobs/{job_id}/logs?rank=5")[0] == 400
+
+    r = d.get_json(f"/api/jobs/{job_id}/result")
+    assert r["status"] == "Complete" and r["error"] is None and isinstance(r["return_value"]["train_loss"], float)
+
+    assert d.request("GET", "/api/jobs/zzzzzzzzzzzz")[0] == 404
+    assert d.request("GET", "/api/jobs/not-an-id")[0] == 404
+    assert d.request("GET", f"/api/jobs/{job_id}/stop")[0] == 405  # actions are POST only
+
+    status, headers, body = d.request("GET", f"/jobs/{job_id}")
+    assert status == 200 and b'id="charts"' in body
+    assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+    assert d.request("GET", "/static/chart.js")[0] == 200
+
+
+def test_guard_refuses_rebinding_and_cross_site_posts(dashboard):
+    d = dashboard
+    # DNS rebinding: a page on another name that resolves to 127.0.0.1 sends its own Host.
+    assert d.request("GET", "/api/jobs", {"Host": f"evil.example:{d.port}"})[0] == 403
+    assert d.request("GET", "/api/jobs", {"Host": f"localhost:{d.port}"})[0] == 200
+    csrf = d.get_json("/api/session")["csrf"]
+    assert len(csrf) >= 32
+    path = "/api/jobs/abcdefghijkl/stop"
+    assert d.request("POST", path)[0] == 403
+    assert d.request("POST", path, {"X-Trainjob-Csrf": "guess"})[0] == 403
+    assert d.request("POST", path, {"X-Trainjob-Csrf": csrf, "Origin": "http://evil.example"})[0] == 403
+    assert d.request("POST", path, {"X-Trainjob-Csrf": csrf, "Sec-Fetch-Site": "cross-site"})[0] == 403
+    # With the header (and a same-origin Origin) the request reaches the API: no such job -> 404.
+    status, _, body = d.request("POST", path, {"X-Trainjob-Csrf": csrf, "Origin": f"http://127.0.0.1:{d.port}"})
+    assert status == 404 and b"abcdefghijkl" in body
+
+
+# ---- a real browser on a live job -----------------------------------------------------------
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); the browser test needs it")
+    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    return path
+
+
+def _points(page) -> int:
+    return int(page.get_attribute("path[data-key=loss]", "data-points") or 0)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_job_page_draws_live_curves_and_stops_the_job(client, dashboard, tmp_path):
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    import jobs
+
+    job_id = client.train(TransformersTrainer(func=jobs.paced_tiny, func_args={"max_steps": 400, "step_sleep": 0.05}), name="live-curves")
+    d = dashboard
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )  # fmt: skip
+        try:
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{d.url}jobs/{job_id}")
+
+            # The loss curve appears, then grows without a reload.
+            page.wait_for_function("() => +(document.querySelector('path[data-key=loss]')?.dataset.points || 0) >= 2", timeout=180_000)
+            first = _points(page)
+            d_attr = page.get_attribute("path[data-key=loss]", "d")
+            assert d_attr.startswith("M") and d_attr.count("L") == first - 1
+            page.wait_for_function(f"() => +document.querySelector('path[data-key=loss]').dataset.points > {first}", timeout=60_000)
+            assert _points(page) > first
+            assert page.evaluate("() => performance.getEntriesByType('navigation').length") == 1  # no reload happened
+
+            # Legible: axes with ticks and titles; the learning-rate curve too; a live progress figure.
+            loss_chart = page.locator("[data-chart=loss]")
+            assert loss_chart.locator("text.tick.y").count() >= 3 and loss_chart.locator("text.tick.x").count() >= 3
+            assert "training step" in loss_chart.inner_text() and "loss" in loss_chart.inner_text()
+            assert int(page.get_attribute("path[data-key=learning_rate]", "data-points")) >= 2
+            assert page.locator("#status .badge").inner_text() == "Running"
+            assert page.locator("#pct").inner_text().endswith("%")
+            page.wait_for_selector("#events li[data-reason=TrainBegin]")
+            assert "'loss':" in page.locator("#logs").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "dashboard-job-running.png"), full_page=True)
+
+            # An action without the CSRF header is refused and changes nothing.
+            assert d.request("POST", f"/api/jobs/{job_id}/stop")[0] == 403
+            assert client.get_job(job_id).status == "Running"
+
+            # The page's own Stop button (it sends the header) works.
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("#stop")
+            page.wait_for_selector("body[data-status=Stopped]", timeout=120_000)
+            assert client.get_job(job_id).status == "Stopped"
+            page.wait_for_selector("#result:not(.hidden)", timeout=30_000)
+            assert "Stopped" in page.locator("#result").inner_text()
+            assert page.locator("#stop").is_disabled()
+            page.wait_for_selector("#events li[data-reason=Stopped]", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-job-stopped.png"), full_page=True)
+
+            # The job list shows it, with its progress.
+            page.goto(d.url)
+            row = page.wait_for_selector(f"tr[data-job={job_id}]")
+            assert row.get_attribute("data-status") == "Stopped" and "live-curves" in row.inner_text() and "%" in row.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "dashboard-list.png"), full_page=True)
+            assert errors == [], errors
+        finally:
+            ctx.close()
+
+    # Delete through the API the way the page does it: with the CSRF header.
+    csrf = d.get_json("/api/session")["csrf"]
+    status, _, body = d.request("POST", f"/api/jobs/{job_id}/delete", {"X-Trainjob-Csrf": csrf})
+    assert status == 200 and json.loads(body) == {"ok": True, "deleted": job_id}
+    with pytest.raises(JobNotFoundError):
+        client.get_job(job_id)
+
+
+@pytest.mark.browser
+def test_chart_component_axes_restarts_and_hover(dashboard, tmp_path):
+    """The page's own chart code, served by the dashboard under its CSP, on known data."""
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=executable, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1200, "height": 800})
+        try:
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{dashboard.url}jobs/abcdefghijkl")  # no such job: the page loads and says so
+            page.wait_for_selector("#error:not(.hidden)")
+            assert "does not exist" in page.inner_text("#error")
+            info = page.evaluate(Path(TESTS / "browser" / "chart_check.js").read_text())
+            page.screenshot(path=str(tmp_path / "chart.png"))
+            assert errors == [], errors
+        finally:
+            ctx.close()
+    # A restart (attempt 0 -> 1) starts a new segment and is marked on the axis.
+    assert info["lossMoves"] == 2 and info["restartMarks"] == 1
+    assert info["lossPoints"] == 26 and info["evalMarkers"] == 4
+    # Learning rates are >= 0: the axis starts at 0, not below; tiny values get exponent labels.
+    assert info["lrTicks"][0] == "0" and all("e-4" in t for t in info["lrTicks"][1:])
+    assert len(info["xTicks"]) >= 3 and info["xTicks"][0] == "0" and info["xTicks"][-1] == "400"
+    # Hovering shows the values at the nearest step.
+    assert info["tooltip"][0].startswith("step ") and any(t.startswith("loss: ") for t in info["tooltip"])
+    # The y-axis title does not overlap the tick labels.
+    assert max(len(t) for t in info["narrowTicks"]) >= 7, info["narrowTicks"]  # e.g. "4.95e-4"
+    assert info["yTitleRight"] <= info["tickLeft"], info

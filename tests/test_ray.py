@@ -1,0 +1,517 @@
+"""The Ray backend on real Ray clusters started by these tests (issue 7).
+
+A one-node cluster on loopback serves most tests; the tests that describe behaviour both backends
+must share run twice, on the local backend and on Ray (``any_client``), so a difference shows. The
+multi-node test starts two Ray nodes, each in its own network namespace, and runs the client
+inside the first one. Jobs are the tiny GPT-2 of ``trainjob.demo`` (tens of steps); ranks start as
+Ray Train workers, which costs 10-20 s per job on this machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+import jobs
+import ray_cluster
+from trainjob import (
+    BackendError,
+    CustomTrainer,
+    JobFailedError,
+    JobNotFoundError,
+    JobStatus,
+    RayBackendConfig,
+    ResourcesUnavailableError,
+    TrainerClient,
+    TransformersTrainer,
+    ValidationError,
+)
+from trainjob.backends.ray import plan
+from trainjob.checkpoints import is_complete, list_checkpoints
+from trainjob.progress import PROGRESS_KEYS
+
+pytest.importorskip("ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TERMINAL = {"Complete", "Failed", "Stopped"}
+JOB_TIMEOUT = 240
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = ray_cluster.start_loopback(tmp_path_factory.mktemp("rayhome"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def ray_client(cluster):
+    c = TrainerClient(cluster.config())
+    yield c
+    _end_running(c)
+
+
+@pytest.fixture(params=["local", "ray"])
+def any_client(request):
+    """The same test against the local backend and against Ray."""
+    if request.param == "local":
+        return request.getfixturevalue("client")
+    return request.getfixturevalue("ray_client")
+
+
+def _end_running(c: TrainerClient) -> None:
+    for job in c.list_jobs():
+        if not job.status.is_terminal:
+            c.delete_job(job.id)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def wait_until(predicate, timeout: float = JOB_TIMEOUT, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def finish(client: TrainerClient, job_id: str, timeout: float = JOB_TIMEOUT):
+    return client.wait_for_job_status(job_id, TERMINAL, timeout=timeout, polling_interval=0.25)
+
+
+def events(client: TrainerClient, job_id: str, reason: str) -> list:
+    return [e for e in client.get_job_events(job_id) if e.reason == reason]
+
+
+def watch_progress(client: TrainerClient, job_id: str, timeout: float = JOB_TIMEOUT) -> tuple[object, list[dict]]:
+    """Poll until the job ends; every distinct progress document seen while it was Running."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get_job(job_id)
+        p = client.get_job_progress(job_id)
+        if p is not None and job.status == JobStatus.RUNNING and (not seen or p != seen[-1]):
+            seen.append(p)
+        if job.status.is_terminal:
+            return job, seen
+        assert time.monotonic() < deadline, f"job {job_id} still {job.status.value} after {timeout}s"
+        time.sleep(0.2)
+
+
+def wait_step(client: TrainerClient, job_id: str, step: int) -> int:
+    def reached():
+        p = client.get_job_progress(job_id)
+        return p is not None and p["currentStep"] >= step and p["currentStep"]
+
+    return wait_until(reached, what=f"step {step} of {job_id}")
+
+
+def ranks_gone(client: TrainerClient, job_id: str) -> None:
+    """On Ray: the Ray Train worker processes of the job are gone soon after it ends."""
+    if client.backend.name != "ray":
+        return
+    pids = [r["pid"] for r in client.backend.rank_info(job_id)]
+    assert pids
+    wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=30, what=f"the workers of {job_id} to exit")
+
+
+# ---- the same behaviour on both backends ---------------------------------------------------
+def test_two_rank_hf_trainer_job(any_client, request):
+    """Progress while it runs, the metrics history, events, logs per rank, and a loadable checkpoint."""
+    max_steps = 40
+    trainer = TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": max_steps, "save_steps": 20, "step_delay": 0.1}, num_procs_per_node=2)
+    on_ray = any_client.backend.name == "ray"
+    watch = ray_cluster.TrafficWatch(request.getfixturevalue("cluster")) if on_ray else None
+    if watch:
+        watch.__enter__()
+    try:
+        job_id = any_client.train(trainer, name="two-ranks")
+        job, seen = watch_progress(any_client, job_id)
+    finally:
+        if watch:
+            watch.__exit__(None, None, None)
+    assert job.status == JobStatus.COMPLETE and job.name == "two-ranks" and job.attempt == 0, job.message
+    assert job.started_at and job.finished_at and job.finished_at >= job.started_at
+
+    # Live progress, in the documented schema, that moved while the job ran.
+    mid = [p for p in seen if 0 < p["currentStep"] < max_steps]
+    assert mid, f"no progress seen mid-run: {seen}"
+    for p in seen:
+        assert set(p) == set(PROGRESS_KEYS) and p["totalSteps"] == max_steps
+    assert any("throughput_samples_sec" in p["trainMetrics"] and "loss" in p["trainMetrics"] for p in mid)
+    final = any_client.get_job_progress(job_id)
+    assert (final["currentStep"], final["progressPercentage"], final["estimatedRemainingSeconds"]) == (max_steps, 100, 0)
+
+    # Every logged entry, in order, from rank 0 only.
+    history = any_client.get_job_metrics(job_id)
+    losses = [m for m in history if "loss" in m]
+    assert [m["step"] for m in losses] == list(range(5, max_steps + 1, 5))
+    assert all(m["attempt"] == 0 and m["learning_rate"] > 0 for m in losses)
+    assert "train_runtime" in history[-1]
+
+    reasons = [e.reason for e in any_client.get_job_events(job_id)]
+    assert reasons[0] == "Created" and reasons[-1] == "Completed"
+    assert reasons.count("Save") == 2 and "TrainEnd" in reasons and "Started" in reasons
+    assert events(any_client, job_id, "TrainBegin")[0].data["world_size"] == 2  # DDP over both ranks
+
+    rank0 = list(any_client.get_job_logs(job_id, step="rank-0"))
+    assert any("'loss'" in line for line in rank0)
+    node0 = list(any_client.get_job_logs(job_id, step="node-0"))
+    assert any(line.startswith("[rank 0] ") for line in node0) and any(line.startswith("[rank 1] ") for line in node0)
+    with pytest.raises(ValidationError):
+        any_client.get_job_logs(job_id, step="rank-2")
+
+    result = any_client.get_job_result(job_id)
+    assert result.error is None and result.return_value["global_step"] == max_steps
+    assert result.metrics["train_loss"] == pytest.approx(result.return_value["train_loss"])
+    assert [p.name for p in result.checkpoints] == ["checkpoint-20", "checkpoint-40"]
+    assert result.checkpoint == result.output_dir / "checkpoint-40" and is_complete(result.checkpoint)
+    assert result.output_dir == job.job_dir / "workdir" / "output"  # a relative output_dir lands in the job's folder
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(result.checkpoint)  # a plain HF checkpoint, not Ray's nesting
+    assert model.config.n_layer == 2
+    assert [s.name for s in job.steps] == ["node-0"] and job.steps[0].device_count == 2
+
+    if on_ray:
+        ranks = any_client.backend.rank_info(job_id)
+        assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["node_ip"] for r in ranks} == {"127.0.0.1"}
+        ranks_gone(any_client, job_id)
+        assert watch.samples >= 5 and watch.connections_seen > 0
+        assert not watch.offenders, f"traffic off loopback: {watch.offenders}"
+
+
+def test_failure_names_the_rank_and_the_cause(any_client):
+    job_id = any_client.train(CustomTrainer(func=jobs.fail_on_rank, func_args={"rank": 1, "message": "bad batch"}, num_procs_per_node=2))
+    with pytest.raises(JobFailedError) as info:
+        any_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
+    err = info.value.error
+    assert (err["rank"], err["type"], err["message"]) == (1, "ValueError", "bad batch")
+    assert "fail_on_rank" in err["traceback"]
+    assert "on rank 1: ValueError: bad batch" in str(info.value)
+    job = any_client.get_job(job_id)
+    assert job.status == JobStatus.FAILED and "ValueError: bad batch" in job.message
+    failed = events(any_client, job_id, "AttemptFailed")
+    assert len(failed) == 1 and failed[0].data["error"]["rank"] == 1
+    assert any_client.get_job_result(job_id).error["type"] == "ValueError"
+    assert any("bad batch" in line for line in any_client.get_job_logs(job_id, step="rank-1"))
+    ranks_gone(any_client, job_id)
+
+
+def test_stop_saves_at_an_agreed_step(any_client):
+    trainer = TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": 300, "save_steps": None, "step_delay": 0.1}, num_procs_per_node=2)
+    job_id = any_client.train(trainer)
+    wait_step(any_client, job_id, 6)
+    any_client.stop_job(job_id)
+    job = finish(any_client, job_id)
+    assert job.status == JobStatus.STOPPED, job.message
+    end = events(any_client, job_id, "TrainEnd")[-1].data
+    stopped_at = end["global_step"]
+    assert end["stopped"] and 6 <= stopped_at < 300 and stopped_at % 5 == 0  # agreed at a check step by both ranks
+    assert f"at step {stopped_at}" in job.message
+    result = any_client.get_job_result(job_id)
+    ckpts = list_checkpoints(result.output_dir)
+    assert [c.name for c in ckpts] == [f"checkpoint-{stopped_at}"] and is_complete(ckpts[0])
+    assert (ckpts[0] / "rng_state_0.pth").exists() and (ckpts[0] / "rng_state_1.pth").exists()  # both ranks saved
+    assert result.checkpoint == ckpts[0]
+    reasons = [e.reason for e in any_client.get_job_events(job_id)]
+    assert reasons.index("StopRequested") < reasons.index("TrainEnd") < reasons.index("Stopped")
+    n = len(reasons)
+    any_client.stop_job(job_id)  # stopping an ended job changes nothing
+    assert any_client.get_job(job_id).status == JobStatus.STOPPED and len(any_client.get_job_events(job_id)) == n
+    ranks_gone(any_client, job_id)
+
+
+def test_restart_resumes_from_the_last_checkpoint(any_client):
+    """``max_restarts``: on Ray a Ray Train restart (FailureConfig); the resume is trainjob's on both."""
+    trainer = TransformersTrainer(func=jobs.fails_once_at, func_args={"fail_at": 15, "rank": 1, "max_steps": 30, "save_steps": 10}, num_procs_per_node=2, max_restarts=1)
+    job_id = any_client.train(trainer)
+    job = any_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
+    assert job.status == JobStatus.COMPLETE and job.attempt == 1
+    failed = events(any_client, job_id, "AttemptFailed")
+    assert len(failed) == 1
+    err = failed[0].data["error"]
+    assert (err["rank"], err["type"], err["message"]) == (1, "RuntimeError", "injected failure at step 15")
+    restart = events(any_client, job_id, "Restarting")
+    assert len(restart) == 1 and (restart[0].data["attempt"], restart[0].data["step"]) == (1, 10)
+    assert [b.data["start_step"] for b in events(any_client, job_id, "TrainBegin")] == [0, 10]
+    assert [r.data["step"] for r in events(any_client, job_id, "Resuming")] == [10]
+    history = [m for m in any_client.get_job_metrics(job_id) if "loss" in m]
+    second = [m for m in history if m["attempt"] == 1]
+    assert second and min(m["step"] for m in second) > 10 and max(m["step"] for m in second) == 30
+    result = any_client.get_job_result(job_id)
+    assert result.checkpoint.name == "checkpoint-30" and result.return_value["global_step"] == 30
+
+
+def test_plain_torch_distributed_code(any_client):
+    """Code written for torchrun (its own ``init_process_group``) runs unchanged, Ray Train or not."""
+    job_id = any_client.train(CustomTrainer(func=jobs.gloo_allreduce, num_procs_per_node=2))
+    any_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
+    assert any_client.get_job_result(job_id).return_value == 3.0  # (0 + 1) + (1 + 1)
+    assert any_client.get_job_progress(job_id) is None  # no Trainer, no tracking
+
+
+# ---- Ray only ----------------------------------------------------------------------------------
+SFT_SCRIPT = '''
+"""A TRL SFT script, as a user runs it with `torchrun train_sft.py --max-steps 8`."""
+import argparse
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+from trainjob.demo import build_model, build_tokenizer, corpus
+from helper_mod import TEXT_FIELD  # a module next to the script
+
+p = argparse.ArgumentParser()
+p.add_argument("--max-steps", type=int)
+a = p.parse_args()
+texts = corpus(64)
+tok = build_tokenizer(texts)
+args = SFTConfig(output_dir="./sft", max_length=32, max_steps=a.max_steps, per_device_train_batch_size=4, logging_steps=2,
+                 save_strategy="steps", save_steps=a.max_steps, report_to=[], use_cpu=True, disable_tqdm=True)
+trainer = SFTTrainer(model=build_model(tok), args=args, train_dataset=Dataset.from_dict({TEXT_FIELD: texts}), processing_class=tok)
+print("SFT-DONE", trainer.train().metrics["train_loss"] > 0)
+'''
+
+
+def test_trl_sft_script_job(ray_client, tmp_path):
+    (tmp_path / "train_sft.py").write_text(SFT_SCRIPT)
+    (tmp_path / "helper_mod.py").write_text("TEXT_FIELD = 'text'\n")
+    job_id = ray_client.train(TransformersTrainer(script=str(tmp_path / "train_sft.py"), script_args=["--max-steps", "8"], num_procs_per_node=2))
+    job, seen = watch_progress(ray_client, job_id)
+    assert job.status == JobStatus.COMPLETE, job.message
+    assert ray_client.get_job_progress(job_id)["currentStep"] == 8
+    assert [m["step"] for m in ray_client.get_job_metrics(job_id) if "loss" in m] == [2, 4, 6, 8]
+    begin = events(ray_client, job_id, "TrainBegin")[0].data
+    assert begin["world_size"] == 2 and begin["model_class"] == "GPT2LMHeadModel"
+    assert any("SFT-DONE True" in line for line in ray_client.get_job_logs(job_id, step="rank-0"))
+    result = ray_client.get_job_result(job_id)
+    assert result.output_dir == job.job_dir / "workdir" / "sft" and result.checkpoint.name == "checkpoint-8"
+
+
+def _wheel(folder: Path, name: str = "tjraypkg", version: str = "0.1", value: int = 7) -> Path:
+    """A minimal pure-Python wheel, built here (no index or network needed to install it)."""
+    whl = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VALUE = {value}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: trainjob-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    with zipfile.ZipFile(whl, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(text)}")
+        z.writestr(f"{info}/RECORD", "\n".join(record + [f"{info}/RECORD,,"]) + "\n")
+    return whl
+
+
+def _package_and_env():
+    import os
+
+    import tjraypkg
+
+    return {"value": tjraypkg.VALUE, "file": tjraypkg.__file__, "flag": os.environ.get("MY_FLAG"), "secret": os.environ.get("MY_TOKEN")}
+
+
+def test_packages_env_and_return_value(ray_client, tmp_path):
+    """``packages_to_install`` -> Ray's uv runtime env; ``env`` reaches the workers; secrets are masked in the spec."""
+    wheel = _wheel(tmp_path)
+    job_id = ray_client.train(CustomTrainer(func=_package_and_env, packages_to_install=[str(wheel)], env={"MY_FLAG": "on", "MY_TOKEN": "s3cret"}))
+    job = ray_client.wait_for_job_completion(job_id, timeout=480)
+    value = ray_client.get_job_result(job_id).return_value
+    assert value["value"] == 7 and "runtime_resources" in value["file"]  # installed in Ray's environment for the job
+    assert (value["flag"], value["secret"]) == ("on", "s3cret")
+    assert job.spec["env"] == {"MY_FLAG": "on", "MY_TOKEN": "******"}
+    assert "s3cret" not in json.dumps(job.spec)
+
+
+def test_every_address_form_sees_the_same_jobs(ray_client, cluster, monkeypatch):
+    job_id = ray_client.train(CustomTrainer(func=jobs.quick_value, func_args={"x": 5}), name="quick")
+    ray_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.gcs)
+    forms = {
+        "gcs": cluster.config(),
+        "auto": RayBackendConfig(address="auto"),
+        "dashboard": RayBackendConfig(address=cluster.dashboard, gcs_address=cluster.gcs),
+        "ray-client": RayBackendConfig(address=f"ray://127.0.0.1:{cluster.client_port}"),
+    }
+    for form, config in forms.items():
+        other = TrainerClient(config)
+        job = other.get_job(job_id)
+        assert (job.status, job.name, job.backend) == (JobStatus.COMPLETE, "quick", "ray"), form
+        assert job_id in [j.id for j in other.list_jobs(status="Complete")], form
+        assert job_id not in [j.id for j in other.list_jobs(status="Running")], form
+        assert other.get_job_result(job_id).return_value == 5, form
+        with pytest.raises(JobNotFoundError):
+            other.get_job("nosuchjob000")
+
+
+def test_delete_running_job_leaves_nothing(ray_client):
+    job_id = ray_client.train(TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": 1000, "step_delay": 0.1}, num_procs_per_node=2))
+    wait_step(ray_client, job_id, 2)
+    job = ray_client.get_job(job_id)
+    pids = [r["pid"] for r in ray_client.backend.rank_info(job_id)]
+    assert job.job_dir.is_dir() and all(psutil.pid_exists(p) for p in pids)
+    ray_client.delete_job(job_id)
+    wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=30, what="the workers to end")
+    assert not job.job_dir.exists()
+    with pytest.raises(JobNotFoundError):
+        ray_client.get_job(job_id)
+    assert job_id not in [j.id for j in ray_client.list_jobs()]
+    kv = ray_client.backend.conn.kv
+    assert kv.keys(f"{job_id}/") == []  # nothing left in the GCS either
+
+
+def test_a_worker_too_big_for_any_node_is_refused(ray_client):
+    with pytest.raises(ResourcesUnavailableError) as info:
+        ray_client.train(CustomTrainer(func=jobs.quick_value, resources_per_node={"cpu": 64}))
+    assert info.value.fields == ["resources_per_node['cpu']"] and "largest" in str(info.value)
+
+
+def test_bad_config_and_unreachable_cluster():
+    with pytest.raises(ValidationError) as info:
+        TrainerClient(RayBackendConfig(address="tcp://x:1", installer="conda"))
+    assert info.value.fields == ["address", "installer"]
+    with pytest.raises(ValidationError):
+        TrainerClient(RayBackendConfig(address="no-port-here"))
+    t0 = time.monotonic()
+    client = TrainerClient(RayBackendConfig(address=f"127.0.0.1:{ray_cluster.free_port()}"))  # nothing listens there
+    with pytest.raises(BackendError) as err:
+        client.list_jobs()
+    assert time.monotonic() - t0 < 15 and "cannot reach the Ray cluster" in str(err.value)
+
+
+# ---- pure translation ------------------------------------------------------------------------
+def test_plan_maps_the_spec_to_ray():
+    spec = CustomTrainer(
+        func=jobs.quick_value, num_nodes=2, num_procs_per_node=2, resources_per_node={"cpu": 4, "memory": "8Gi", "gpu": 2},
+        packages_to_install=["peft==0.21.2"], pip_index_urls=["https://a/simple", "https://b/simple"], env={"A": "1", "PYTHONUNBUFFERED": "0"},
+    ).to_spec()  # fmt: skip
+    assert plan.scaling(spec) == {
+        "num_workers": 4, "use_gpu": True, "placement_strategy": "SPREAD",
+        "resources_per_worker": {"CPU": 2.0, "GPU": 1.0, "memory": float(4 * 2**30)},
+    }  # fmt: skip
+    env = plan.runtime_env(spec, {"A": "1", "PYTHONUNBUFFERED": "0"}, "uv")
+    assert env["env_vars"]["A"] == "1" and env["env_vars"]["PYTHONUNBUFFERED"] == "0"  # the user's value wins
+    assert env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0" and "working_dir" not in env
+    assert env["uv"] == {"packages": ["peft==0.21.2"], "uv_pip_install_options": ["--index-url", "https://a/simple", "--extra-index-url", "https://b/simple", "--no-cache"]}
+    assert plan.runtime_env(spec, None, "pip")["pip"]["pip_install_options"][:2] == ["--index-url", "https://a/simple"]
+    one_per_node = CustomTrainer(func=jobs.quick_value, num_nodes=3).to_spec()
+    assert plan.scaling(one_per_node) == {"num_workers": 3, "use_gpu": False, "resources_per_worker": {"CPU": 1.0}, "placement_strategy": "STRICT_SPREAD"}
+    assert plan.scaling(CustomTrainer(func=jobs.quick_value).to_spec())["placement_strategy"] == "PACK"
+    assert plan.entrypoint("abc123def456", "/opt/my env/python") == "'/opt/my env/python' -m trainjob.backends.ray.driver abc123def456"
+
+
+def test_script_jobs_ship_their_folder(tmp_path):
+    (tmp_path / "train.py").write_text("print(1)\n")
+    spec = TransformersTrainer(script=str(tmp_path / "train.py")).to_spec()
+    assert plan.working_dir(spec, None) == str(tmp_path)
+    assert plan.working_dir(CustomTrainer(func="pkg.mod:main").to_spec(), str(tmp_path)) == str(tmp_path)
+    assert plan.working_dir(CustomTrainer(func=jobs.quick_value).to_spec(), None) is None
+
+
+# ---- several nodes, each in its own network namespace ----------------------------------------
+@pytest.fixture(scope="module")
+def netns_cluster(tmp_path_factory):
+    reason = ray_cluster.netns_unavailable()
+    if reason:
+        pytest.skip(f"multi-node Ray test skipped: {reason}")
+    c = ray_cluster.start_netns(tmp_path_factory.mktemp("rayhome-netns"), nodes=2)
+    yield c
+    c.stop()
+
+
+def multinode_scenario(gcs: str, home: str) -> dict:
+    """Runs inside the head node's namespace (``run_in_netns``): four 2-node jobs, facts for the test to check."""
+    from transformers import AutoModelForCausalLM
+
+    c = TrainerClient(RayBackendConfig(address=gcs, home=home))
+    out: dict = {}
+
+    hf = c.train(TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": 30, "save_steps": 15, "step_delay": 0.1}, num_nodes=2))
+    job, seen = watch_progress(c, hf)
+    result = c.get_job_result(hf)
+    out["hf"] = {
+        "status": job.status.value, "message": job.message,
+        "mid_steps": [p["currentStep"] for p in seen if 0 < p["currentStep"] < 30],
+        "ranks": {r["rank"]: r["node_ip"] for r in c.backend.rank_info(hf)},
+        "world_size": events(c, hf, "TrainBegin")[0].data["world_size"],
+        "loss_steps": [m["step"] for m in c.get_job_metrics(hf) if "loss" in m],
+        "rank1_log": list(c.get_job_logs(hf, step="rank-1")),
+        "node1_log": list(c.get_job_logs(hf, step="node-1")),
+        "checkpoint": str(result.checkpoint), "n_layer": AutoModelForCausalLM.from_pretrained(result.checkpoint).config.n_layer,
+        "steps": [(s.name, s.device_count) for s in job.steps],
+    }  # fmt: skip
+
+    sft = c.train(TransformersTrainer(func=jobs.trl_sft, func_args={"max_steps": 8}, num_nodes=2))
+    job = c.wait_for_job_completion(sft, timeout=JOB_TIMEOUT)
+    out["sft"] = {
+        "status": job.status.value, "progress": c.get_job_progress(sft),
+        "ranks": {r["rank"]: r["node_ip"] for r in c.backend.rank_info(sft)},
+        "world_size": events(c, sft, "TrainBegin")[0].data["world_size"],
+        "loss_steps": [m["step"] for m in c.get_job_metrics(sft) if "loss" in m],
+    }  # fmt: skip
+
+    stop = c.train(TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": 300, "save_steps": None, "step_delay": 0.1}, num_nodes=2))
+    wait_step(c, stop, 6)
+    c.stop_job(stop)
+    job = finish(c, stop)
+    ckpts = list_checkpoints(c.get_job_result(stop).output_dir)
+    out["stop"] = {
+        "status": job.status.value, "message": job.message, "end": events(c, stop, "TrainEnd")[-1].data,
+        "checkpoints": [p.name for p in ckpts], "rng_files": sorted(p.name for p in ckpts[0].glob("rng_state_*.pth")) if ckpts else [],
+    }  # fmt: skip
+
+    fail = c.train(CustomTrainer(func=jobs.fail_on_rank, func_args={"rank": 1, "message": "bad batch on node 2"}, num_nodes=2))
+    job = finish(c, fail)
+    out["fail"] = {"status": job.status.value, "error": c.get_job_result(fail).error, "ranks": {r["rank"]: r["node_ip"] for r in c.backend.rank_info(fail)}}
+    return out
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(1200)
+def test_multinode_cluster_in_network_namespaces(netns_cluster):
+    """Two Ray nodes at 10.211.0.1 and 10.211.0.2; the client runs in the first namespace; ranks land on both."""
+    head_ns = netns_cluster.netns[0]
+    code = (
+        "import json, test_ray\n"
+        f"print(json.dumps(test_ray.multinode_scenario({netns_cluster.gcs!r}, {str(netns_cluster.home)!r}), default=str))\n"
+    )
+    with ray_cluster.TrafficWatch(netns_cluster, allowed_prefixes=(f"{ray_cluster.NETNS_SUBNET}.",)) as watch:
+        facts = ray_cluster.run_in_netns(head_ns, code, timeout=1100)
+    both = {0: "10.211.0.1", 1: "10.211.0.2"}
+
+    hf = facts["hf"]
+    assert hf["status"] == "Complete", hf["message"]
+    assert {int(k): v for k, v in hf["ranks"].items()} == both  # one rank on each node
+    assert hf["world_size"] == 2 and hf["mid_steps"] and hf["loss_steps"] == [5, 10, 15, 20, 25, 30]
+    assert hf["checkpoint"].endswith("checkpoint-30") and hf["n_layer"] == 2
+    assert hf["steps"] == [["node-0", 1], ["node-1", 1]]
+    assert hf["rank1_log"] and hf["rank1_log"] == hf["node1_log"]  # the rank on the second node, read through Ray
+
+    sft = facts["sft"]
+    assert sft["status"] == "Complete" and {int(k): v for k, v in sft["ranks"].items()} == both
+    assert sft["world_size"] == 2 and sft["progress"]["currentStep"] == 8 and sft["loss_steps"] == [2, 4, 6, 8]
+
+    stop = facts["stop"]
+    stopped_at = stop["end"]["global_step"]
+    assert stop["status"] == "Stopped" and stop["end"]["stopped"] and stopped_at % 5 == 0, stop
+    assert stop["checkpoints"] == [f"checkpoint-{stopped_at}"] and stop["rng_files"] == ["rng_state_0.pth", "rng_state_1.pth"]
+
+    fail = facts["fail"]
+    assert fail["status"] == "Failed" and (fail["error"]["rank"], fail["error"]["type"]) == (1, "ValueError")
+    assert fail["error"]["message"] == "bad batch on node 2" and fail["ranks"]["1"] == "10.211.0.2"
+
+    assert watch.samples >= 5 and not watch.offenders, f"traffic outside loopback and the test namespaces: {watch.offenders}"
