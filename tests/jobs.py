@@ -329,3 +329,16 @@ def fails_once_at(fail_at: int = 15, rank: int = 1, max_steps: int = 30, save_st
     )  # fmt: skip
     out = trainer.train()
     return {**out.metrics, "global_step": trainer.state.global_step}
+
+
+def stubborn_peer(fail_rank: int = 1, message: str = "boom"):
+    """``fail_rank`` raises; every other rank ignores SIGTERM and sleeps (so its launcher cannot end it)."""
+    import os
+    import signal
+    import time
+
+    if int(os.environ.get("RANK", 0)) == fail_rank:
+        time.sleep(0.5)
+        raise ValueError(message)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(120)

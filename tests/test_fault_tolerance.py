@@ -202,6 +202,20 @@ def test_signal_root_cause(client):
     assert any(o.startswith("rank 0:") for o in error.get("other_failures", [])), error
 
 
+def test_failure_is_kept_when_the_supervisor_ends_the_nodes(client):
+    """A peer that ignores SIGTERM keeps torchrun waiting; the supervisor ends the node and the job still Fails."""
+    start = time.monotonic()
+    job_id = client.train(CustomTrainer(func=jobs.stubborn_peer, func_args={"fail_rank": 1, "message": "disk full"}, num_procs_per_node=2))
+    job = finish(client, job_id, timeout=120)
+    assert time.monotonic() - start < 25  # torchrun alone would wait 30 s for the stubborn rank
+    assert job.status == JobStatus.FAILED, job.message
+    error = client.get_job_result(job_id).error
+    assert (error["rank"], error["type"], error["message"]) == (1, "ValueError", "disk full")
+    assert events(client, job_id, "EndingNodes")
+    assert "killed by SIGKILL" in events(client, job_id, "NodeExited")[0].message
+    assert_no_processes(job.job_dir)
+
+
 def test_failing_function_never_hangs_a_waiter(client):
     job_id = client.train(CustomTrainer(func=jobs.fail_on_rank, func_args={"rank": 0, "message": "no data"}))
     start = time.monotonic()

@@ -42,6 +42,10 @@ class Collector:
         if not self._endpoint_seen:
             self._collect_endpoint()
 
+    def forget_endpoint(self) -> None:
+        """A restarted rank 0 may serve /metrics on another port: read ``endpoint.json`` again."""
+        self._endpoint_seen = False
+
     def _collect_progress(self) -> None:
         path = self.run_dir / contract.PROGRESS_FILE
         try:

@@ -413,7 +413,7 @@ class Supervisor:
         (self.dir.run_dir / contract.RESULT_FILE).unlink(missing_ok=True)
         # The next rank 0 may serve /metrics on another port: let the collector read it again.
         (self.dir.run_dir / contract.ENDPOINT_FILE).unlink(missing_ok=True)
-        self.collector._endpoint_seen = False
+        self.collector.forget_endpoint()
 
     # ---- stop --------------------------------------------------------------------------
     def _stop_outcome(self, attempt: Attempt, ok: bool) -> tuple[JobStatus, str, None] | None:

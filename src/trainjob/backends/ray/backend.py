@@ -43,6 +43,7 @@ RAY_CLIENT_TRIES = 3
 _RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:", ":task_attempt_start:", ":task_attempt_end:")
 _DEFAULT_GCS_PORT = 6379
+_ENV_LOCK = threading.Lock()
 
 
 @dataclass
@@ -58,7 +59,19 @@ class _Connection:
             if self._jobs is None:
                 from ray.job_submission import JobSubmissionClient
 
-                self._jobs = JobSubmissionClient(self.dashboard)
+                # The SDK replaces the address it is given by $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS,
+                # and resolves a GCS address in $RAY_ADDRESS to the machine's interface address
+                # (off loopback). Pin it to the dashboard already resolved here.
+                with _ENV_LOCK:
+                    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+                    os.environ["RAY_API_SERVER_ADDRESS"] = self.dashboard
+                    try:
+                        self._jobs = JobSubmissionClient(self.dashboard)
+                    finally:
+                        if saved is None:
+                            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+                        else:
+                            os.environ["RAY_API_SERVER_ADDRESS"] = saved
             return self._jobs
 
     def http_get(self, path: str, **params: Any) -> bytes:
