@@ -51,3 +51,16 @@ def job_processes(job_dir: Path) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def wait_until(predicate, timeout: float = 120, interval: float = 0.2, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy (returned); fail the test after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

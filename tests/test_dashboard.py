@@ -14,11 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
 
 from trainjob import JobNotFoundError, TransformersTrainer
 from trainjob.dashboard.security import is_loopback
@@ -85,14 +85,6 @@ def dashboard(home):
     d.close()
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # ---- who may connect -----------------------------------------------------------------------

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 import jobs
-from conftest import job_processes
+from conftest import wait_until, job_processes
 from trainjob import CustomTrainer, JobFailedError, TrainerClient, TransformersTrainer
 from trainjob.errors import JobNotFoundError, JobStateError
 from trainjob.backends.local.failures import NodeOutcome, collect_failures, parse_torchrun_failures, root_cause
@@ -36,14 +36,6 @@ STEPS_PER_EPOCH_2_RANKS = 14  # 224 samples / (8 per device * 2 ranks)
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def wait_until(predicate, timeout: float = 120, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def output_dir(client: TrainerClient, job_id: str) -> Path:

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import jobs
-from conftest import job_processes
+from conftest import job_processes, wait_until
 from trainjob import CustomTrainer, JobFailedError, JobNotFoundError, JobStatus, TransformersTrainer
 
 pytestmark = pytest.mark.slow
@@ -172,7 +172,7 @@ def _ticker(n):
 def test_delete_running_job_leaves_nothing(client, home):
     job_id = client.train(TransformersTrainer(func=jobs.tiny, func_args={"max_steps": 100000}, num_nodes=2))
     client.wait_for_job_status(job_id, {"Running"}, timeout=60, polling_interval=0.2)
-    _wait_for(lambda: client.get_job_progress(job_id) is not None, 90)
+    wait_until(lambda: client.get_job_progress(job_id) is not None, 90, what='first progress')
     job_dir = client.get_job(job_id).job_dir
     assert job_processes(job_dir)
     client.delete_job(job_id)
@@ -223,11 +223,3 @@ def test_list_and_filter(client):
     assert [j.id for j in client.list_jobs(status="Failed")] == [b]
     assert [j.id for j in client.list_jobs(status={"Complete", "Failed"})] == [a, b]
 
-
-def _wait_for(cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")

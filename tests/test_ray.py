@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import os
-import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -185,6 +184,8 @@ def test_two_rank_hf_trainer_job(any_client, request):
     assert [s.name for s in job.steps] == ["node-0"] and job.steps[0].device_count == 2
 
     if on_ray:
+        driver_log = "\n".join(any_client.get_job_logs(job_id, step="driver"))
+        assert "trainjob.backends.ray.driver" in driver_log  # the Ray job's own log
         ranks = any_client.backend.rank_info(job_id)
         assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["node_ip"] for r in ranks} == {"127.0.0.1"}
         ranks_gone(any_client, job_id)
@@ -231,6 +232,14 @@ def test_stop_saves_at_an_agreed_step(any_client):
     any_client.stop_job(job_id)  # stopping an ended job changes nothing
     assert any_client.get_job(job_id).status == JobStatus.STOPPED and len(any_client.get_job_events(job_id)) == n
     ranks_gone(any_client, job_id)
+
+    # train(resume=...) continues from that checkpoint in a new job (here: 10 steps more).
+    more = TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": stopped_at + 10, "save_steps": None, "step_delay": 0.0}, num_procs_per_node=2)
+    resumed = any_client.train(more, resume=job_id)
+    any_client.wait_for_job_completion(resumed, timeout=JOB_TIMEOUT)
+    assert events(any_client, resumed, "TrainBegin")[0].data["start_step"] == stopped_at
+    assert any_client.get_job_result(resumed).return_value["global_step"] == stopped_at + 10
+    assert [c.name for c in list_checkpoints(result.output_dir)] == [f"checkpoint-{stopped_at}"]  # the old job's folder is untouched
 
 
 def test_restart_resumes_from_the_last_checkpoint(any_client):
@@ -287,13 +296,14 @@ def test_trl_sft_script_job(ray_client, tmp_path):
     (tmp_path / "train_sft.py").write_text(SFT_SCRIPT)
     (tmp_path / "helper_mod.py").write_text("TEXT_FIELD = 'text'\n")
     job_id = ray_client.train(TransformersTrainer(script=str(tmp_path / "train_sft.py"), script_args=["--max-steps", "8"], num_procs_per_node=2))
-    job, seen = watch_progress(ray_client, job_id)
+    followed = list(ray_client.get_job_logs(job_id, step="rank-0", follow=True))  # streams until the job ends
+    job = ray_client.get_job(job_id)
     assert job.status == JobStatus.COMPLETE, job.message
+    assert any("SFT-DONE True" in line for line in followed)
     assert ray_client.get_job_progress(job_id)["currentStep"] == 8
     assert [m["step"] for m in ray_client.get_job_metrics(job_id) if "loss" in m] == [2, 4, 6, 8]
     begin = events(ray_client, job_id, "TrainBegin")[0].data
     assert begin["world_size"] == 2 and begin["model_class"] == "GPT2LMHeadModel"
-    assert any("SFT-DONE True" in line for line in ray_client.get_job_logs(job_id, step="rank-0"))
     result = ray_client.get_job_result(job_id)
     assert result.output_dir == job.job_dir / "workdir" / "sft" and result.checkpoint.name == "checkpoint-8"
 
@@ -380,6 +390,32 @@ def test_delete_running_job_leaves_nothing(ray_client):
     assert job_id not in [j.id for j in ray_client.list_jobs()]
     kv = ray_client.backend.conn.kv
     assert kv.keys(f"{job_id}/") == []  # nothing left in the GCS either
+
+
+def test_stop_right_after_submit(ray_client):
+    """A stop while Ray is still starting the driver (or the driver the workers) ends the job as Stopped."""
+    job_id = ray_client.train(CustomTrainer(func=jobs.sleep_for, func_args={"seconds": 300}, num_procs_per_node=2))
+    ray_client.stop_job(job_id)
+    job = finish(ray_client, job_id, timeout=90)
+    assert job.status == JobStatus.STOPPED and "stopped on request" in job.message
+    assert not events(ray_client, job_id, "TrainBegin")
+    reasons = [e.reason for e in ray_client.get_job_events(job_id)]
+    assert reasons.count("Stopped") == 1 and reasons[-1] == "Stopped"
+    ray_status = lambda: str(ray_client.backend._job_info(job_id).status).split(".")[-1]  # noqa: E731
+    wait_until(lambda: ray_status() in ("STOPPED", "SUCCEEDED", "FAILED"), timeout=60, what="Ray to end the job")
+
+
+def test_a_killed_driver_is_noticed(ray_client):
+    """The job's status is never stuck: a driver that dies is recorded Failed, with Ray's word for it."""
+    job_id = ray_client.train(TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": 1000, "step_delay": 0.1}, num_procs_per_node=2))
+    wait_step(ray_client, job_id, 2)
+    driver = ray_client.backend.conn.kv.get_json(f"{job_id}/driver")
+    os.kill(driver["pid"], 9)  # a process of the cluster this test started
+    job = finish(ray_client, job_id, timeout=60)
+    assert job.status == JobStatus.FAILED and "driver ended without recording an outcome" in job.message
+    assert ray_client.get_job_result(job_id).error["type"] == "DriverLost"
+    assert [e.reason for e in ray_client.get_job_events(job_id)][-1] == "Failed"
+    ranks_gone(ray_client, job_id)  # Ray ends the job's workers with its driver
 
 
 def test_a_worker_too_big_for_any_node_is_refused(ray_client):

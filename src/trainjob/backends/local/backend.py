@@ -7,7 +7,6 @@ Failed with the reason (``reconcile``), so a status is never stuck.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -168,15 +167,7 @@ class LocalBackend(Backend):
 
     def _end_orphans(self, jobdir: JobDir) -> int:
         """End the launchers and ranks recorded in ``run/pids/`` (identity checked); how many were alive."""
-        alive = {}
-        for f in (jobdir.run_dir / contract.PIDS_DIR).glob("*.json"):
-            try:
-                rec = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue
-            p = procs.process(rec.get("pid"), rec.get("start"))
-            if p is not None:
-                alive[p.pid] = p
+        alive = {p.pid: p for p in procs.recorded_processes(jobdir.run_dir / contract.PIDS_DIR)}
         if alive:
             # SIGKILL: with no supervisor there is nobody to collect a graceful stop.
             procs.kill_tree(list(alive.values()), grace=2.0, sig=signal.SIGKILL)

@@ -7,9 +7,11 @@ a recorded process "is alive" only if both still match.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Iterable
 
 import psutil
@@ -80,6 +82,24 @@ def process(pid: int | None, started: float | None) -> psutil.Process | None:
         return psutil.Process(pid)  # type: ignore[arg-type]
     except psutil.NoSuchProcess:
         return None
+
+
+def recorded_processes(pids_dir: Path, pattern: str = "*.json") -> list[psutil.Process]:
+    """Live processes recorded as ``{"pid", "start"}`` files in a job's ``run/pids/`` (identity checked).
+
+    Ranks and node launchers record themselves there so that they can be found and ended even
+    when the process that started them is gone.
+    """
+    out = []
+    for f in sorted(pids_dir.glob(pattern)):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        p = process(rec.get("pid"), rec.get("start"))
+        if p is not None and p.pid != os.getpid():
+            out.append(p)
+    return out
 
 
 def wait_gone(pids: Iterable[int], timeout: float) -> None:

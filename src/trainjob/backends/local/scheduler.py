@@ -382,16 +382,7 @@ def _orphans(home: Path, job_id: str) -> list[Any]:
     """Live processes a job recorded (launchers and ranks, identity-checked) in its ``run/pids``."""
     from trainjob import contract
 
-    out = []
-    for f in (home / "jobs" / job_id / contract.RUN / contract.PIDS_DIR).glob("*.json"):
-        try:
-            rec = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-        p = procs.process(rec.get("pid"), rec.get("start"))
-        if p is not None:
-            out.append(p)
-    return out
+    return procs.recorded_processes(home / "jobs" / job_id / contract.RUN / contract.PIDS_DIR)
 
 
 # ---- what the supervisor calls ---------------------------------------------------------------

@@ -334,16 +334,7 @@ class Supervisor:
 
     def _recorded(self, pattern: str):
         """Live processes recorded in ``run/pids/`` matching ``pattern`` (identity checked: pid + start time)."""
-        out = []
-        for f in (self.dir.run_dir / contract.PIDS_DIR).glob(pattern):
-            try:
-                rec = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue
-            p = procs.process(rec.get("pid"), rec.get("start"))
-            if p is not None and p.pid != os.getpid():
-                out.append(p)
-        return out
+        return procs.recorded_processes(self.dir.run_dir / contract.PIDS_DIR, pattern)
 
     def _reap_orphans(self, attempt: Attempt) -> None:
         """End ranks left behind by a dead agent (re-parented to us as subreaper, or recorded in pids/)."""

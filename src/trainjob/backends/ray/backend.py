@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 import urllib.parse
@@ -31,8 +30,8 @@ from trainjob.backends.base import Backend
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
 from trainjob.config import RayBackendConfig
-from trainjob.payload import dumps_payload
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
+from trainjob.payload import dumps_payload
 from trainjob.trainers import CustomTrainer, mask_env
 from trainjob.types import Event, JobStatus, Result, Step, TrainJob
 
@@ -40,6 +39,7 @@ FOLLOW_INTERVAL = 1.0  # seconds between log polls with follow=True
 DELETE_WAIT = 30.0  # seconds delete_job waits for Ray to end a running job
 HTTP_TIMEOUT = 30.0
 RAY_CLIENT_TRIES = 3
+SUBMIT_GRACE = 60.0  # seconds a new record may wait for Ray to know its job (working_dir uploads take a while)
 _RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:", ":task_attempt_start:", ":task_attempt_end:")
 _DEFAULT_GCS_PORT = 6379
@@ -231,8 +231,8 @@ class RayBackend(Backend):
     def _job_info(self, job_id: str):
         try:
             return self.conn.jobs().get_job_info(job_id)
-        except RuntimeError as e:  # the SDK raises RuntimeError for a 404
-            if "does not exist" in str(e) or "404" in str(e) or "not found" in str(e).lower():
+        except RuntimeError as e:  # the SDK raises RuntimeError("Request failed with status code 404: ...")
+            if "status code 404" in str(e) or "does not exist" in str(e):
                 return None
             raise BackendError(f"Ray could not say how job {job_id} is: {e}") from e
 
@@ -264,6 +264,9 @@ class RayBackend(Backend):
         """Status from the outcome if written, else from the driver's liveness and the ranks seen."""
         if snap.outcome is None:
             ray_status = str(getattr(snap.info, "status", "") or "").split(".")[-1].upper()
+            if snap.info is None and time.time() - float(snap.record.get("created_at") or 0) < SUBMIT_GRACE:
+                snap.status, snap.message = JobStatus.CREATED, "being submitted to Ray"  # train() writes the record first
+                return
             if snap.info is None or ray_status in _RAY_TERMINAL:
                 self._record_lost_driver(snap, ray_status)
         if snap.outcome is not None:
@@ -282,7 +285,7 @@ class RayBackend(Backend):
 
     def _record_lost_driver(self, snap: _Snapshot, ray_status: str) -> None:
         """The driver ended (or Ray forgot it) without recording an outcome: record one now, once."""
-        from trainjob.backends.ray.driver import record_outcome
+        from trainjob.backends.ray.driver import compute_result, record_outcome
 
         kv, keys = self.conn.kv, Keys(snap.job_id)
         fresh = kv.get_json(keys.outcome)  # it may have been written since our first read
@@ -291,10 +294,18 @@ class RayBackend(Backend):
                 status, msg, error = JobStatus.STOPPED, "the Ray job was stopped outside trainjob (ray job stop)", None
             else:
                 said = f"Ray says {ray_status}: {getattr(snap.info, 'message', '') or ''}".strip() if snap.info is not None else "Ray has no record of it"
-                msg = f"the job's driver ended without recording an outcome ({said})"
-                error = {"type": "DriverLost", "message": msg, "rank": None, "traceback": ""}
+                started = snap.driver is not None
+                msg = f"the job's driver {'ended without recording an outcome' if started else 'never started'} ({said})"
+                ray_kind = getattr(snap.info, "error_type", None)
+                error = {
+                    "type": "DriverLost" if started else "DriverNotStarted",
+                    "message": msg,
+                    "rank": None,
+                    "traceback": "",
+                    "ray_error_type": getattr(ray_kind, "value", ray_kind),  # e.g. RUNTIME_ENV_SETUP_FAILURE
+                }
                 status = JobStatus.FAILED
-            record_outcome(kv, keys, EventWriter(kv, keys, "cli"), status, msg, error, {"metrics": {}})
+            record_outcome(kv, keys, EventWriter(kv, keys, "cli"), status, msg, error, compute_result(kv, keys, snap.record["spec"], None))
             fresh = kv.get_json(keys.outcome)
         snap.outcome = fresh
 

@@ -168,36 +168,10 @@ class Driver:
         return error_record(None, inner if isinstance(inner, BaseException) else exc, attempt)
 
     def _checkpoints(self) -> dict[str, Any]:
-        """Rank 0's report of its checkpoints, checked against the disk when this node sees it."""
-        from trainjob.checkpoints import latest_complete, list_checkpoints
-
-        rec = dict(self.kv.get_json(self.keys.checkpoints) or {})
-        out = rec.get("output_dir")
-        if out is None:
-            begin = last_event(read_events(self.kv, self.keys), "TrainBegin")
-            out = rec["output_dir"] = ((begin or {}).get("data") or {}).get("output_dir")
-        if out and Path(out).is_dir():
-            ckpt = latest_complete(out)
-            rec["checkpoint"] = str(ckpt) if ckpt else None
-            rec["checkpoints"] = [str(p) for p in list_checkpoints(out)]
-        return rec
+        return checkpoints_of(self.kv, self.keys)
 
     def _result(self) -> dict[str, Any]:
-        from trainjob.progress import merge_latest
-
-        events = read_events(self.kv, self.keys)
-        end = (last_event(events, "TrainEnd") or {}).get("data") or {}
-        train, evals = merge_latest(read_metrics(self.kv, self.keys), self.spec.get("custom_metrics"))
-        ckpts = self._checkpoints()
-        return {
-            "metrics": {**train, **evals},
-            "checkpoint": ckpts.get("checkpoint"),
-            "best_checkpoint": end.get("best_model_checkpoint") or ckpts.get("best_checkpoint"),
-            "checkpoints": ckpts.get("checkpoints") or [],
-            "output_dir": ckpts.get("output_dir") or str(self.job_dir / contract.WORKDIR),
-            "log_dir": None,
-            "global_step": end.get("global_step"),
-        }
+        return compute_result(self.kv, self.keys, self.spec, str(self.job_dir / contract.WORKDIR))
 
     def finish(self, status: JobStatus, message: str | None, error: dict | None) -> int:
         """Record the outcome once (the first writer wins: a client that stopped a pending job, or us)."""
@@ -210,6 +184,40 @@ class Driver:
         if message and status != JobStatus.COMPLETE:
             print(f"[trainjob] job {self.job_id} {status.value}: {message}", file=sys.stderr, flush=True)
         return 1 if status == JobStatus.FAILED else 0
+
+
+def checkpoints_of(kv: KV, keys: Keys) -> dict[str, Any]:
+    """Rank 0's report of its checkpoints, checked against the disk when this machine sees it."""
+    from trainjob.checkpoints import latest_complete, list_checkpoints
+
+    rec = dict(kv.get_json(keys.checkpoints) or {})
+    out = rec.get("output_dir")
+    if out is None:
+        begin = last_event(read_events(kv, keys), "TrainBegin")
+        out = rec["output_dir"] = ((begin or {}).get("data") or {}).get("output_dir")
+    if out and Path(out).is_dir():
+        ckpt = latest_complete(out)
+        rec["checkpoint"] = str(ckpt) if ckpt else None
+        rec["checkpoints"] = [str(p) for p in list_checkpoints(out)]
+    return rec
+
+
+def compute_result(kv: KV, keys: Keys, spec: dict[str, Any], default_output_dir: str | None) -> dict[str, Any]:
+    """The job's result from what its ranks reported: latest metrics, checkpoints, best checkpoint."""
+    from trainjob.progress import merge_latest
+
+    end = (last_event(read_events(kv, keys), "TrainEnd") or {}).get("data") or {}
+    train, evals = merge_latest(read_metrics(kv, keys), spec.get("custom_metrics"))
+    ckpts = checkpoints_of(kv, keys)
+    return {
+        "metrics": {**train, **evals},
+        "checkpoint": ckpts.get("checkpoint"),
+        "best_checkpoint": end.get("best_model_checkpoint") or ckpts.get("best_checkpoint"),
+        "checkpoints": ckpts.get("checkpoints") or [],
+        "output_dir": ckpts.get("output_dir") or default_output_dir,
+        "log_dir": None,
+        "global_step": end.get("global_step"),
+    }
 
 
 def record_outcome(kv: KV, keys: Keys, event: EventWriter, status: JobStatus, message: str | None, error: dict | None, result: dict) -> bool:

@@ -1,13 +1,14 @@
 """What every Ray Train worker runs: one rank of a trainjob job (Ray's ``train_loop_per_worker``).
 
 Runs inside the Ray Train worker processes only, in a thread of a ``RayTrainWorker`` actor, after
-Ray Train has set ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR`` and initialised the
-torch process group. It goes through the same steps as a local rank (``runtime.bootstrap``):
+Ray Train has set ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR`` and initialised a torch
+process group (which this module uses once, then hands the ranks over as torchrun would: see
+``_agree_on_attempt``). It goes through the same steps as a local rank (``runtime.bootstrap``):
 instrument every Trainer unless tracking is off, resume from the newest complete checkpoint on a
-restart, run the user's function/script/module with the same ``run_entrypoint``, record the first
-exception, tear the process group down. What differs is where reports go: ``RaySink`` writes them
-into Ray's GCS key-value store (``state``), and a thread turns a stop request found there into
-``stopping.request()``.
+restart, run the user's function/script/module with the same ``run_entrypoint`` in the job's
+``workdir``, record the exception, tear the process group down. What differs is where reports go:
+``RaySink`` writes them into Ray's GCS key-value store (``state``), and a thread turns a stop
+request found there into ``stopping.request()``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainjob import contract
-from trainjob.backends.ray.state import KV, EventWriter, Keys, writer_tag
+from trainjob.backends.ray.state import KV, Keys, writer_tag
 
 FLUSH_INTERVAL = 0.25  # seconds between writes of queued reports to the GCS
 STOP_POLL = 0.5  # seconds between reads of the stop key
@@ -62,18 +63,18 @@ def train_loop(config: dict[str, Any]) -> None:
         return  # a stop came before this attempt: nothing to train (the driver records Stopped)
 
     watcher = StopWatcher(kv, keys) if tracking else None
-    if tracking or resume:
-        from trainjob.runtime import instrument
-
-        instrument.install(callback=tracking, resume=resume)
-    runnable = _materialize(kv, keys, job_dir, spec)
-    workdir = job_dir / contract.WORKDIR
-    workdir.mkdir(parents=True, exist_ok=True)
     previous_cwd = os.getcwd()
-    os.chdir(workdir)  # Ray Train workers start in a Ray folder: relative paths land in the job's workdir
     output = _MergedOutput()
     value, failure = None, None
     try:
+        if tracking or resume:
+            from trainjob.runtime import instrument
+
+            instrument.install(callback=tracking, resume=resume)
+        runnable = _materialize(kv, keys, job_dir, spec)
+        workdir = job_dir / contract.WORKDIR
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chdir(workdir)  # Ray Train workers start in a Ray folder: relative paths land in the job's workdir
         from trainjob.runtime.bootstrap import run_entrypoint
 
         value = run_entrypoint(runnable, job_dir)

@@ -1,0 +1,148 @@
+"""Ray overhead: the same tiny job through trainjob on Ray and through bare Ray Train, on one cluster.
+
+    python benchmarks/ray_overhead.py --runs 3 [--steps 200] [--address HOST:PORT]
+
+Without ``--address`` a one-node Ray cluster is started on loopback for the run (2 CPUs, as the
+tests do) and ended after it. Each round runs every case once (interleaved, so drift hits all
+alike); the table shows medians. Cases, each the tiny GPT-2 of ``trainjob.demo`` on 2 Ray Train
+workers (DDP):
+
+- ``bare ray train``: a new process that does ``ray.init(address)`` and
+  ``TorchTrainer(...).fit()`` (what a Ray user runs); wall from process start to exit;
+- ``trainjob (client process)``: a client that is already running calls ``train()`` and waits
+  until it sees ``Complete`` (polled every 50 ms): what a notebook user waits;
+- ``trainjob (new process)``: the same from a new Python process (imports included), comparable
+  to the bare case process for process.
+
+Target (issue 7): trainjob <= 1.10x bare Ray Train wall time. The breakdown of a trainjob run
+comes from its own events (submission -> driver -> ranks -> first step -> end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from common import PY, interleave, median, table  # noqa: E402
+
+BARE = """
+import shutil, sys, tempfile
+import ray
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+ray.init(address={address!r}, logging_level="WARNING")
+def loop(config):
+    from trainjob.demo import train_tiny_gpt2
+    train_tiny_gpt2(max_steps=config["steps"], output_dir=config["out"])
+out = tempfile.mkdtemp(prefix="bare-")
+TorchTrainer(loop, train_loop_config={{"steps": {steps}, "out": out}}, scaling_config=ScalingConfig(num_workers=2),
+             run_config=RunConfig(storage_path=out)).fit()
+shutil.rmtree(out, ignore_errors=True)
+"""
+
+TRAINJOB = """
+from trainjob import RayBackendConfig, TrainerClient, TransformersTrainer
+from trainjob.demo import train_tiny_gpt2
+c = TrainerClient(RayBackendConfig(address={address!r}, home={home!r}))
+job_id = c.train(TransformersTrainer(func=train_tiny_gpt2, func_args={{"max_steps": {steps}}}, num_procs_per_node=2))
+c.wait_for_job_status(job_id, {{"Complete"}}, timeout=900, polling_interval=0.05)
+c.delete_job(job_id)
+"""
+
+
+def run_process(code: str, env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"benchmark process failed (rc={r.returncode}):\n{r.stderr[-3000:]}")
+    return wall
+
+
+def trainjob_in_client(client, steps: int, phases: list[dict[str, float]]) -> float:
+    from trainjob import TransformersTrainer
+    from trainjob.demo import train_tiny_gpt2
+
+    t0 = time.perf_counter()
+    wall0 = time.time()
+    job_id = client.train(TransformersTrainer(func=train_tiny_gpt2, func_args={"max_steps": steps}, num_procs_per_node=2))
+    client.wait_for_job_status(job_id, {"Complete"}, timeout=900, polling_interval=0.05)
+    wall = time.perf_counter() - t0
+    phases.append(_phases(client, job_id, wall0))
+    client.delete_job(job_id)
+    return wall
+
+
+def _phases(client, job_id: str, t0: float) -> dict[str, float]:
+    """Seconds from train() to each milestone, from the job's own events."""
+    first: dict[str, float] = {}
+    for e in client.get_job_events(job_id):
+        first.setdefault(e.reason, e.time.timestamp() - t0)
+    return {k: first[k] for k in ("Queued", "Started", "TrainBegin", "TrainEnd", "Completed") if k in first}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--address", help="an existing cluster's GCS host:port (default: start one on loopback)")
+    args = ap.parse_args()
+
+    cluster = None
+    home = tempfile.mkdtemp(prefix="tj-ray-bench-")
+    if args.address:
+        address = args.address
+    else:
+        import ray_cluster
+
+        print("starting a one-node Ray cluster on loopback ...", flush=True)
+        cluster = ray_cluster.start_loopback(Path(home))
+        address = cluster.gcs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        from trainjob import RayBackendConfig, TrainerClient
+
+        client = TrainerClient(RayBackendConfig(address=address, home=home))
+        client.list_jobs()  # connect (and import the Jobs SDK) before timing
+        phases: list[dict[str, float]] = []
+        s = args.steps
+        res = interleave(
+            args.runs,
+            {
+                "bare ray train": lambda: run_process(BARE.format(address=address, steps=s), env),
+                "trainjob (client process)": lambda: trainjob_in_client(client, s, phases),
+                "trainjob (new process)": lambda: run_process(TRAINJOB.format(address=address, home=home, steps=s), env),
+            },
+        )
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+    m = {k: median(v) for k, v in res.items()}
+    print()
+    print(table([(k, f"{m[k]:.2f}", f"{min(v):.2f}", f"{max(v):.2f}") for k, v in res.items()], ("case", "median wall s", "min", "max")))
+    print()
+    ratios = [
+        ("trainjob (client process) / bare ray train", m["trainjob (client process)"] / m["bare ray train"], "<= 1.10"),
+        ("trainjob (new process) / bare ray train", m["trainjob (new process)"] / m["bare ray train"], "<= 1.10"),
+    ]
+    print(table([(n, f"{r:.3f}", t) for n, r, t in ratios], ("ratio", "value", "target")))
+    if phases:
+        keys = list(phases[0])
+        print()
+        print("trainjob milestones, seconds after train() (median):")
+        print(table([(k, f"{median([p[k] for p in phases if k in p]):.2f}") for k in keys], ("event", "s")))
+
+
+if __name__ == "__main__":
+    main()
