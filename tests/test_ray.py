@@ -22,6 +22,7 @@ import pytest
 
 import jobs
 import ray_cluster
+from conftest import wait_until
 from trainjob import (
     BackendError,
     CustomTrainer,
@@ -75,16 +76,6 @@ def _end_running(c: TrainerClient) -> None:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def wait_until(predicate, timeout: float = JOB_TIMEOUT, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def finish(client: TrainerClient, job_id: str, timeout: float = JOB_TIMEOUT):
     return client.wait_for_job_status(job_id, TERMINAL, timeout=timeout, polling_interval=0.25)
 
@@ -113,7 +104,7 @@ def wait_step(client: TrainerClient, job_id: str, step: int) -> int:
         p = client.get_job_progress(job_id)
         return p is not None and p["currentStep"] >= step and p["currentStep"]
 
-    return wait_until(reached, what=f"step {step} of {job_id}")
+    return wait_until(reached, JOB_TIMEOUT, what=f"step {step} of {job_id}")
 
 
 def ranks_gone(client: TrainerClient, job_id: str) -> None:

@@ -15,7 +15,6 @@ import string
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,6 +22,7 @@ from trainjob import contract
 from trainjob.backends.base import Backend
 from trainjob.backends.local import procs
 from trainjob.backends.local.jobdir import JobDir
+from trainjob.backends.records import build_result, load_return_value, utc
 from trainjob.config import LocalBackendConfig
 from trainjob.errors import JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
 from trainjob.payload import dumps_payload
@@ -182,7 +182,7 @@ class LocalBackend(Backend):
 
     def get_job_events(self, job_id: str) -> list[Event]:
         self._row(job_id)
-        return [Event(_dt(e["time"]), e["reason"], e["message"], e["data"]) for e in self.store.events(job_id)]
+        return [Event(utc(e["time"]), e["reason"], e["message"], e["data"]) for e in self.store.events(job_id)]
 
     def get_job_progress(self, job_id: str) -> dict[str, Any] | None:
         return self._row(job_id).progress
@@ -193,21 +193,9 @@ class LocalBackend(Backend):
 
     def get_job_result(self, job_id: str) -> Result:
         row = self._row(job_id)
-        res = row.result or {}
         jobdir = JobDir.for_job(self.home, job_id)
-        value = _load_return_value(jobdir.run_dir / contract.RESULT_FILE)
-        return Result(
-            job_id=job_id,
-            status=row.status,
-            metrics=res.get("metrics") or {},
-            checkpoint=_path(res.get("checkpoint")),
-            best_checkpoint=_path(res.get("best_checkpoint")),
-            checkpoints=[Path(p) for p in res.get("checkpoints") or []],
-            output_dir=_path(res.get("output_dir")) or jobdir.workdir,
-            log_dir=_path(res.get("log_dir")) or jobdir.logs_dir,
-            return_value=value,
-            error=row.error,
-        )
+        value = load_return_value(_read_bytes(jobdir.run_dir / contract.RESULT_FILE))
+        return build_result(job_id, row.status, row.result, error=row.error, return_value=value, output_dir=jobdir.workdir, log_dir=jobdir.logs_dir)
 
     def get_job_logs(self, job_id: str, step: str = "node-0", follow: bool = False) -> Iterator[str]:
         row = self._row(job_id)
@@ -269,9 +257,9 @@ class LocalBackend(Backend):
             name=row.name,
             status=row.status,
             backend=row.backend,
-            created_at=_dt(row.created_at),
-            started_at=_dt(row.started_at) if row.started_at else None,
-            finished_at=_dt(row.finished_at) if row.finished_at else None,
+            created_at=utc(row.created_at),
+            started_at=utc(row.started_at) if row.started_at else None,
+            finished_at=utc(row.finished_at) if row.finished_at else None,
             num_nodes=row.num_nodes,
             procs_per_node=row.procs_per_node,
             attempt=row.attempt,
@@ -352,17 +340,11 @@ def _stream_logs(files, finished, follow: bool) -> Iterator[str]:
         time.sleep(FOLLOW_INTERVAL)
 
 
-def _load_return_value(path: Path) -> Any:
-    import pickle
-
+def _read_bytes(path: Path) -> bytes | None:
     try:
-        data = pickle.loads(path.read_bytes())
+        return path.read_bytes()
     except FileNotFoundError:
         return None
-    except Exception as e:  # noqa: BLE001 - e.g. a class the client cannot import
-        return f"<return value could not be loaded here: {type(e).__name__}: {e}>"
-    return data.get("value") if "unpicklable" not in data else data.get("repr")
-
 
 def _link_tree(src: Path, dst: Path) -> None:
     """Copy an ended job's workdir into a resumed job's, hard-linking the complete checkpoints.
@@ -415,11 +397,3 @@ def _tail(path: Path, lines: int) -> str:
             return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def _path(p: str | None) -> Path | None:
-    return Path(p) if p else None

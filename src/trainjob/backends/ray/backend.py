@@ -22,11 +22,11 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from trainjob.backends.base import Backend
+from trainjob.backends.records import build_result, load_return_value, utc
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
 from trainjob.config import RayBackendConfig
@@ -332,7 +332,7 @@ class RayBackend(Backend):
 
     def get_job_events(self, job_id: str) -> list[Event]:
         self._require(job_id)
-        return [Event(_dt(e["time"]), e["reason"], e["message"], e.get("data") or {}) for e in read_events(self.conn.kv, Keys(job_id))]
+        return [Event(utc(e["time"]), e["reason"], e["message"], e.get("data") or {}) for e in read_events(self.conn.kv, Keys(job_id))]
 
     def get_job_progress(self, job_id: str) -> dict[str, Any] | None:
         keys = Keys(self._check_id(job_id))
@@ -348,20 +348,8 @@ class RayBackend(Backend):
     def get_job_result(self, job_id: str) -> Result:
         snap = self._snapshot(job_id)
         outcome = snap.outcome or {}
-        res = outcome.get("result") or {}
-        value = _load_return_value(self.conn.kv.get(Keys(job_id).return_value)) if snap.status.is_terminal else None
-        return Result(
-            job_id=job_id,
-            status=snap.status,
-            metrics=res.get("metrics") or {},
-            checkpoint=_path(res.get("checkpoint")),
-            best_checkpoint=_path(res.get("best_checkpoint")),
-            checkpoints=[Path(p) for p in res.get("checkpoints") or []],
-            output_dir=_path(res.get("output_dir")),
-            log_dir=None,
-            return_value=value,
-            error=outcome.get("error"),
-        )
+        value = load_return_value(self.conn.kv.get(Keys(job_id).return_value)) if snap.status.is_terminal else None
+        return build_result(job_id, snap.status, outcome.get("result"), error=outcome.get("error"), return_value=value)
 
     def rank_info(self, job_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
         """Where each rank of an attempt (default: the latest) ran: rank, node_rank, node_ip, node_id, pid, actor_id."""
@@ -497,9 +485,9 @@ class RayBackend(Backend):
             name=snap.record.get("name") or snap.job_id,
             status=snap.status,
             backend=self.name,
-            created_at=_dt(snap.record["created_at"]),
-            started_at=_dt(first_attempt["time"]) if first_attempt else None,
-            finished_at=_dt(finished) if finished and snap.status.is_terminal else None,
+            created_at=utc(snap.record["created_at"]),
+            started_at=utc(first_attempt["time"]) if first_attempt else None,
+            finished_at=utc(finished) if finished and snap.status.is_terminal else None,
             num_nodes=int(spec["num_nodes"]),
             procs_per_node=int(spec["procs_per_node"]),
             attempt=snap.attempt,
@@ -592,21 +580,3 @@ def _dashboard_of(kv: KV, cluster_host: str) -> str:
 
 
 # ---- payload ---------------------------------------------------------------------------------
-def _load_return_value(data: bytes | None) -> Any:
-    import pickle
-
-    if data is None:
-        return None
-    try:
-        loaded = pickle.loads(data)
-    except Exception as e:  # noqa: BLE001 - e.g. a class the client cannot import
-        return f"<return value could not be loaded here: {type(e).__name__}: {e}>"
-    return loaded.get("value") if "unpicklable" not in loaded else loaded.get("repr")
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def _path(p: str | None) -> Path | None:
-    return Path(p) if p else None
