@@ -22,6 +22,7 @@ METRICS_PORT = "TRAINJOB_METRICS_PORT"  # rank 0's /metrics port (0: pick a free
 METRICS_HOST = "TRAINJOB_METRICS_HOST"  # bind address of the rank-0 endpoint (loopback by default)
 CUSTOM_METRICS = "TRAINJOB_CUSTOM_METRICS"  # JSON {"logged_key": "exposed_name"}
 SUBMIT_DIR = "TRAINJOB_SUBMIT_DIR"  # the submitter's working directory
+PLACEMENT = "TRAINJOB_PLACEMENT"  # JSON: each node's CPUs, GPUs and memory cgroup (runtime/affinity.py)
 RESUME = "TRAINJOB_RESUME"  # "1": Trainers resume from the newest complete checkpoint
 HOME = "TRAINJOB_HOME"  # where the store and job folders live (default ~/.trainjob)
 

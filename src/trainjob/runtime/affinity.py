@@ -19,7 +19,9 @@ import json
 import os
 from typing import Any, Mapping
 
-PLACEMENT_ENV = "TRAINJOB_PLACEMENT"
+from trainjob import contract
+
+PLACEMENT_ENV = contract.PLACEMENT
 
 
 def node_placement(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:

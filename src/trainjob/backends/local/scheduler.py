@@ -43,8 +43,8 @@ from typing import Any, Callable, Iterable, Mapping
 from trainjob.backends.local import memlimit, procs
 from trainjob.errors import BackendError
 from trainjob import resources
+from trainjob import contract
 from trainjob.resources import format_bytes
-from trainjob.runtime.affinity import PLACEMENT_ENV
 from trainjob.types import JobStatus
 
 POLL_INTERVAL = 0.25  # seconds between two looks at the queue while waiting
@@ -233,7 +233,7 @@ def placement_env(req: Request, assignment: Assignment | None, machine: Machine,
             entry["cgroup"] = cgroups[k]
         placement.append(entry)
     if any(placement):
-        env[PLACEMENT_ENV] = json.dumps({"nodes": placement}, separators=(",", ":"))
+        env[contract.PLACEMENT] = json.dumps({"nodes": placement}, separators=(",", ":"))
     return env
 
 
@@ -380,7 +380,6 @@ def _assignment_of(row: sqlite3.Row) -> Assignment:
 
 def _orphans(home: Path, job_id: str) -> list[Any]:
     """Live processes a job recorded (launchers and ranks, identity-checked) in its ``run/pids``."""
-    from trainjob import contract
 
     return procs.recorded_processes(home / "jobs" / job_id / contract.RUN / contract.PIDS_DIR)
 
