@@ -380,7 +380,6 @@ def _assignment_of(row: sqlite3.Row) -> Assignment:
 
 def _orphans(home: Path, job_id: str) -> list[Any]:
     """Live processes a job recorded (launchers and ranks, identity-checked) in its ``run/pids``."""
-
     return procs.recorded_processes(home / "jobs" / job_id / contract.RUN / contract.PIDS_DIR)
 
 
