@@ -137,29 +137,17 @@ def slow_tiny(max_steps: int = 40, save_steps: int | None = 10, step_delay: floa
     """
     import time
 
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
 
-    from trainjob.demo import build_dataset, build_model, build_tokenizer, corpus
+    from trainjob.demo import train_tiny_gpt2
 
     class Pause(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             time.sleep(step_delay)
 
-    texts = corpus(seed=seed)
-    tokenizer = build_tokenizer(texts)
     training_args.setdefault("logging_steps", 5)
-    args = TrainingArguments(
-        output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=8, learning_rate=5e-4,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps, report_to=[], use_cpu=True,
-        seed=seed, dataloader_num_workers=0, disable_tqdm=True, ddp_find_unused_parameters=False, **training_args,
-    )  # fmt: skip
-    trainer = Trainer(
-        model=build_model(tokenizer), args=args, train_dataset=build_dataset(tokenizer, texts[:224]),
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[Pause()],
-    )  # fmt: skip
-    out = trainer.train()
-    return {**out.metrics, "global_step": trainer.state.global_step, "epoch": trainer.state.epoch}
-
+    return train_tiny_gpt2(max_steps=max_steps, output_dir=output_dir, eval_steps=None, save_steps=save_steps, seed=seed,
+                           callbacks=[Pause()], **training_args)  # fmt: skip
 
 def quick_value(x: int = 42):
     return x
@@ -306,9 +294,9 @@ def package_value():
 # ---- Ray backend (tests/test_ray.py) ---------------------------------------------------------
 def fails_once_at(fail_at: int = 15, rank: int = 1, max_steps: int = 30, save_steps: int = 10, output_dir: str = "./output"):
     """The tiny GPT-2; ``rank`` raises at step ``fail_at`` in the job's first attempt only (``TRAINJOB_ATTEMPT=0``)."""
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
 
-    from trainjob.demo import build_dataset, build_model, build_tokenizer, corpus
+    from trainjob.demo import train_tiny_gpt2
 
     class FailOnce(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -316,20 +304,8 @@ def fails_once_at(fail_at: int = 15, rank: int = 1, max_steps: int = 30, save_st
             if first and state.global_step == fail_at and int(os.environ.get("RANK", 0)) == rank:
                 raise RuntimeError(f"injected failure at step {fail_at}")
 
-    texts = corpus()
-    tokenizer = build_tokenizer(texts)
-    args = TrainingArguments(
-        output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=8, learning_rate=5e-4, logging_steps=5,
-        save_strategy="steps", save_steps=save_steps, report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
-        ddp_find_unused_parameters=False,
-    )  # fmt: skip
-    trainer = Trainer(
-        model=build_model(tokenizer), args=args, train_dataset=build_dataset(tokenizer, texts[:224]),
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[FailOnce()],
-    )  # fmt: skip
-    out = trainer.train()
-    return {**out.metrics, "global_step": trainer.state.global_step}
-
+    return train_tiny_gpt2(max_steps=max_steps, output_dir=output_dir, eval_steps=None, save_steps=save_steps, logging_steps=5,
+                           callbacks=[FailOnce()])  # fmt: skip
 
 def stubborn_peer(fail_rank: int = 1, message: str = "boom"):
     """``fail_rank`` raises; every other rank ignores SIGTERM and sleeps (so its launcher cannot end it)."""

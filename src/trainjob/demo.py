@@ -60,9 +60,10 @@ def train_tiny_gpt2(
     learning_rate: float = 5e-4,
     logging_steps: int = 10,
     seed: int = 0,
+    callbacks: list | None = None,
     **training_args: Any,
 ) -> dict[str, Any]:
-    """Train the tiny GPT-2 with ``transformers.Trainer``; returns the final train metrics."""
+    """Train the tiny GPT-2 with ``transformers.Trainer``; returns the final train metrics and step."""
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     texts = corpus(seed=seed)
@@ -96,9 +97,10 @@ def train_tiny_gpt2(
         eval_dataset=eval_ds if eval_steps else None,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
+        callbacks=callbacks,
     )
     output = trainer.train()
-    return dict(output.metrics)
+    return {**output.metrics, "global_step": trainer.state.global_step}
 
 
 if __name__ == "__main__":
