@@ -367,6 +367,41 @@ def test_every_address_form_sees_the_same_jobs(ray_client, cluster, monkeypatch)
     assert not watch.offenders, watch.offenders
 
 
+def test_polling_spares_the_dashboard_and_ray_ends_with_the_job(ray_client, monkeypatch):
+    """A client polling every 50 ms asks Ray's dashboard about the job at most once per ``INFO_TTL``
+    while it runs and never once it has ended; Ray records the job ended as soon as trainjob does
+    (the driver skips the interpreter's teardown), so a delete right after does not wait."""
+    from trainjob.backends.ray.backend import INFO_TTL
+
+    sdk = ray_client.backend.conn.jobs()
+    asked: list[float] = []
+    real = sdk.get_job_info
+    monkeypatch.setattr(sdk, "get_job_info", lambda job_id: asked.append(time.monotonic()) or real(job_id))
+
+    job_id = ray_client.train(CustomTrainer(func=jobs.sleep_for, func_args={"seconds": 3}, num_procs_per_node=2))
+    start = time.monotonic()
+    statuses = []
+    while not (job := ray_client.get_job(job_id)).status.is_terminal:
+        statuses.append(job.status)
+        time.sleep(0.05)
+    polled = time.monotonic() - start
+    assert job.status == JobStatus.COMPLETE and JobStatus.RUNNING in statuses, (job.message, statuses)
+    assert len(statuses) > 40  # it really polled fast
+    assert len(asked) <= polled / INFO_TTL + 2, f"{len(asked)} dashboard requests in {polled:.1f}s of polling"
+
+    ended = len(asked)
+    for _ in range(5):
+        assert ray_client.get_job(job_id).status == JobStatus.COMPLETE
+    assert len(asked) == ended  # an ended job is read from the GCS alone
+
+    monkeypatch.undo()
+    ray_status = lambda: str(ray_client.backend._job_info(job_id).status).split(".")[-1]  # noqa: E731
+    wait_until(lambda: ray_status() == "SUCCEEDED", timeout=1.5, what="Ray to record the job ended")
+    t0 = time.monotonic()
+    ray_client.delete_job(job_id)
+    assert time.monotonic() - t0 < 2.0
+
+
 def test_delete_running_job_leaves_nothing(ray_client):
     job_id = ray_client.train(TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": 1000, "step_delay": 0.1}, num_procs_per_node=2))
     wait_step(ray_client, job_id, 2)

@@ -39,6 +39,7 @@ FOLLOW_INTERVAL = 1.0  # seconds between log polls with follow=True
 DELETE_WAIT = 30.0  # seconds delete_job waits for Ray to end a running job
 HTTP_TIMEOUT = 30.0
 RAY_CLIENT_TRIES = 3
+INFO_TTL = 1.0  # seconds reads of a running job reuse Ray's record of it (see _snapshot)
 SUBMIT_GRACE = 60.0  # seconds a new record may wait for Ray to know its job (working_dir uploads take a while)
 _RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:", ":task_attempt_start:", ":task_attempt_end:")
@@ -109,6 +110,7 @@ class RayBackend(Backend):
             raise ValidationError(problems, "RayBackendConfig")
         self._conn: _Connection | None = None
         self._conn_lock = threading.Lock()
+        self._info_cache: dict[str, tuple[float, Any]] = {}
 
     # ---- connection --------------------------------------------------------------------
     @property
@@ -228,24 +230,41 @@ class RayBackend(Backend):
             raise ResourcesUnavailableError(problems, "resources (no node of the Ray cluster can hold one worker)")
 
     # ---- read --------------------------------------------------------------------------
-    def _job_info(self, job_id: str):
+    def _job_info(self, job_id: str, max_age: float = 0.0):
+        """Ray's record of the job (None if Ray has none); one up to ``max_age`` seconds old may be reused."""
+        if max_age > 0:
+            hit = self._info_cache.get(job_id)
+            if hit is not None and time.monotonic() - hit[0] < max_age:
+                return hit[1]
         try:
-            return self.conn.jobs().get_job_info(job_id)
+            info = self.conn.jobs().get_job_info(job_id)
         except RuntimeError as e:  # the SDK raises RuntimeError("Request failed with status code 404: ...")
             if "status code 404" in str(e) or "does not exist" in str(e):
-                return None
-            raise BackendError(f"Ray could not say how job {job_id} is: {e}") from e
+                info = None
+            else:
+                raise BackendError(f"Ray could not say how job {job_id} is: {e}") from e
+        self._info_cache[job_id] = (time.monotonic(), info)
+        return info
 
     def _snapshot(self, job_id: str, info: Any = ..., got: dict[str, bytes] | None = None) -> _Snapshot:
+        """The job as the GCS keys say, plus Ray's record of it while no outcome is written.
+
+        Ray's record (an HTTP request to the dashboard) is only needed to notice a driver that
+        ended without an outcome, so it is skipped once the outcome is there and otherwise reused
+        for ``INFO_TTL`` seconds: a client polling every 50 ms does not load the dashboard, which
+        shares the head node's CPUs with the job.
+        """
         if not isinstance(job_id, str) or not job_id or "/" in job_id:
             raise JobNotFoundError(str(job_id))
         kv, keys = self.conn.kv, Keys(job_id)
-        if info is ...:
-            info = self._job_info(job_id)  # before the GCS keys: a driver seen ended has written its outcome
         if got is None:
             got = kv.multi_get([keys.job, keys.outcome, keys.driver])
         if keys.job not in got:
             raise JobNotFoundError(job_id)
+        if keys.outcome in got:
+            info = None if info is ... else info
+        elif info is ...:
+            info = self._job_info(job_id, max_age=INFO_TTL)  # read after the keys: _record_lost_driver reads the outcome again
         attempts = kv.keys(keys.attempts())
         attempt = max(0, len(attempts) - 1)
         snap = _Snapshot(
@@ -445,6 +464,7 @@ class RayBackend(Backend):
                 if "does not exist" not in str(e):
                     raise BackendError(f"Ray could not delete job {job_id}: {e}") from e
         kv.delete_prefix(keys.prefix)
+        self._info_cache.pop(job_id, None)
         folder = Path(driver["job_dir"]) if driver.get("job_dir") else None
         if folder is not None and folder.name == job_id and folder.parent.name == "jobs" and folder.is_dir():
             import shutil
