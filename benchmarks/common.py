@@ -29,11 +29,18 @@ def time_command(argv: list[str]) -> tuple[float, int]:
         return time.perf_counter() - t0, rc
 
 
-def interleave(runs: int, cases: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
-    """Run every case once per round, rounds repeated ``runs`` times, so drift hits all cases alike."""
+def interleave(runs: int, cases: dict[str, Callable[[], float]], rotate: bool = False) -> dict[str, list[float]]:
+    """Run every case once per round, rounds repeated ``runs`` times, so drift hits all cases alike.
+
+    ``rotate``: round ``r`` starts with case ``r`` (mod the number of cases), so no case always
+    follows the same one (what a case leaves running, or its cache, does not bill one case alone).
+    """
     out: dict[str, list[float]] = {k: [] for k in cases}
+    names = list(cases)
     for r in range(runs):
-        for name, fn in cases.items():
+        k = r % len(names) if rotate else 0
+        for name in names[k:] + names[:k]:
+            fn = cases[name]
             value = fn()
             out[name].append(value)
             print(f"  round {r + 1}/{runs} {name}: {value:.3f}", flush=True)

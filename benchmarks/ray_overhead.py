@@ -4,8 +4,9 @@
 
 Without ``--address`` a one-node Ray cluster is started on loopback for the run (2 CPUs, as the
 tests do) and ended after it. Each round runs every case once (interleaved, so drift hits all
-alike); the table shows medians. Cases, each the tiny GPT-2 of ``trainjob.demo`` on 2 Ray Train
-workers (DDP):
+alike; each round starts with a different case, and the script waits a few seconds between cases
+so one case's teardown is not billed to the next); the table shows medians. Cases, each the tiny
+GPT-2 of ``trainjob.demo`` on 2 Ray Train workers (DDP):
 
 - ``bare ray train``: a new process that does ``ray.init(address)`` and
   ``TorchTrainer(...).fit()`` (what a Ray user runs); wall from process start to exit;
@@ -21,6 +22,7 @@ comes from its own events (submission -> driver -> ranks -> first step -> end).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from common import PY, interleave, median, table  # noqa: E402
+
+SETTLE = 3.0  # seconds between cases
+MILESTONES = ("Queued", "Started", "TrainBegin", "TrainEnd", "Completed")
 
 BARE = """
 import shutil, sys, tempfile
@@ -48,22 +53,34 @@ shutil.rmtree(out, ignore_errors=True)
 """
 
 TRAINJOB = """
+import json
 from trainjob import RayBackendConfig, TrainerClient, TransformersTrainer
 from trainjob.demo import train_tiny_gpt2
 c = TrainerClient(RayBackendConfig(address={address!r}, home={home!r}))
 job_id = c.train(TransformersTrainer(func=train_tiny_gpt2, func_args={{"max_steps": {steps}}}, num_procs_per_node=2))
 c.wait_for_job_status(job_id, {{"Complete"}}, timeout=900, polling_interval=0.05)
+print("MILESTONES", json.dumps([(e.reason, e.time.timestamp()) for e in c.get_job_events(job_id)]))
 c.delete_job(job_id)
 """
 
 
-def run_process(code: str, env: dict[str, str]) -> float:
+def run_process(code: str, env: dict[str, str], phases: list[dict[str, float]] | None = None) -> float:
+    wall0 = time.time()
     t0 = time.perf_counter()
     r = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"benchmark process failed (rc={r.returncode}):\n{r.stderr[-3000:]}")
+    for line in r.stdout.splitlines():
+        if phases is not None and line.startswith("MILESTONES "):
+            phases.append(_first_of(json.loads(line.split(" ", 1)[1]), wall0))
+    settle()
     return wall
+
+
+def settle() -> None:
+    """Let the processes of the case just measured end before the next case starts (2 cores)."""
+    time.sleep(SETTLE)
 
 
 def trainjob_in_client(client, steps: int, phases: list[dict[str, float]]) -> float:
@@ -75,17 +92,18 @@ def trainjob_in_client(client, steps: int, phases: list[dict[str, float]]) -> fl
     job_id = client.train(TransformersTrainer(func=train_tiny_gpt2, func_args={"max_steps": steps}, num_procs_per_node=2))
     client.wait_for_job_status(job_id, {"Complete"}, timeout=900, polling_interval=0.05)
     wall = time.perf_counter() - t0
-    phases.append(_phases(client, job_id, wall0))
+    phases.append(_first_of([(e.reason, e.time.timestamp()) for e in client.get_job_events(job_id)], wall0))
     client.delete_job(job_id)
+    settle()
     return wall
 
 
-def _phases(client, job_id: str, t0: float) -> dict[str, float]:
-    """Seconds from train() to each milestone, from the job's own events."""
+def _first_of(events: list[tuple[str, float]], t0: float) -> dict[str, float]:
+    """Seconds from ``t0`` to the first of each milestone event."""
     first: dict[str, float] = {}
-    for e in client.get_job_events(job_id):
-        first.setdefault(e.reason, e.time.timestamp() - t0)
-    return {k: first[k] for k in ("Queued", "Started", "TrainBegin", "TrainEnd", "Completed") if k in first}
+    for reason, at in events:
+        first.setdefault(reason, at - t0)
+    return {k: first[k] for k in MILESTONES if k in first}
 
 
 def main() -> None:
@@ -112,15 +130,16 @@ def main() -> None:
 
         client = TrainerClient(RayBackendConfig(address=address, home=home))
         client.list_jobs()  # connect (and import the Jobs SDK) before timing
-        phases: list[dict[str, float]] = []
+        phases: dict[str, list[dict[str, float]]] = {"client process": [], "new process": []}
         s = args.steps
         res = interleave(
             args.runs,
             {
                 "bare ray train": lambda: run_process(BARE.format(address=address, steps=s), env),
-                "trainjob (client process)": lambda: trainjob_in_client(client, s, phases),
-                "trainjob (new process)": lambda: run_process(TRAINJOB.format(address=address, home=home, steps=s), env),
+                "trainjob (client process)": lambda: trainjob_in_client(client, s, phases["client process"]),
+                "trainjob (new process)": lambda: run_process(TRAINJOB.format(address=address, home=home, steps=s), env, phases["new process"]),
             },
+            rotate=True,
         )
     finally:
         if cluster is not None:
@@ -137,11 +156,10 @@ def main() -> None:
         ("trainjob (new process) / bare ray train", m["trainjob (new process)"] / m["bare ray train"], "<= 1.10"),
     ]
     print(table([(n, f"{r:.3f}", t) for n, r, t in ratios], ("ratio", "value", "target")))
-    if phases:
-        keys = list(phases[0])
-        print()
-        print("trainjob milestones, seconds after train() (median):")
-        print(table([(k, f"{median([p[k] for p in phases if k in p]):.2f}") for k in keys], ("event", "s")))
+    print()
+    print("trainjob milestones, median seconds after train() (client process) or after the process started (new process):")
+    rows = [(k, *(f"{median([p[k] for p in ps if k in p]):.2f}" if any(k in p for p in ps) else "-" for ps in phases.values())) for k in MILESTONES]
+    print(table(rows, ("event", *phases)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 
 import jobs
 from conftest import job_processes, wait_until
-from trainjob import CustomTrainer, JobFailedError, JobNotFoundError, JobStatus, TransformersTrainer
+from trainjob import CustomTrainer, JobFailedError, JobNotFoundError, JobStateError, JobStatus, TransformersTrainer
 
 pytestmark = pytest.mark.slow
 
@@ -220,6 +220,11 @@ def test_list_and_filter(client):
     with pytest.raises(JobFailedError):
         client.wait_for_job_completion(b, timeout=120)
     assert [j.id for j in client.list_jobs()] == [a, b]
+    # Waiting for a status an ended job can no longer reach returns at once, saying how it ended.
+    with pytest.raises(JobStateError, match="ended Complete without reaching Running"):
+        client.wait_for_job_status(a, {"Running"}, timeout=5)
+    with pytest.raises(JobFailedError):
+        client.wait_for_job_status(b, {"Running"}, timeout=5)
     assert [j.id for j in client.list_jobs(status="Failed")] == [b]
     assert [j.id for j in client.list_jobs(status={"Complete", "Failed"})] == [a, b]
 

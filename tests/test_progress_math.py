@@ -27,7 +27,7 @@ def test_schema_has_exactly_the_seed_keys():
     assert p["currentStep"] == 450 and p["totalSteps"] == 1000
     assert p["currentEpoch"] == 1 and p["totalEpochs"] == 3
     assert p["estimatedRemainingSeconds"] == 220  # 550 steps at 2.5/s
-    assert p["estimatedRemainingTimeSummary"] == "4 minutes"
+    assert p["estimatedRemainingTimeSummary"] == "3 minutes"
     assert p["trainMetrics"] == {"loss": 0.35, "learning_rate": 5e-5, "throughput_samples_sec": 20.0}
     assert p["evalMetrics"] == {"eval_loss": 0.42}
     assert p["lastUpdatedTime"].endswith("Z")
@@ -71,6 +71,8 @@ def test_remaining_and_summary():
     assert time_summary(1) == "1 second"
     assert time_summary(45) == "45 seconds"
     assert time_summary(180) == "3 minutes"
+    assert time_summary(217) == "3 minutes"  # DESIGN.md's example: whole minutes, rounded down
+    assert time_summary(3599) == "59 minutes"
     assert time_summary(3600 + 5 * 60) == "1 hour 5 minutes"
     assert time_summary(7200) == "2 hours"
 

@@ -31,6 +31,7 @@ from trainjob import (
     JobStatus,
     RayBackendConfig,
     ResourcesUnavailableError,
+    SerializationError,
     TrainerClient,
     TransformersTrainer,
     ValidationError,
@@ -341,18 +342,20 @@ def test_packages_env_and_return_value(ray_client, tmp_path):
 def test_every_address_form_sees_the_same_jobs(ray_client, cluster, monkeypatch):
     job_id = ray_client.train(CustomTrainer(func=jobs.quick_value, func_args={"x": 5}), name="quick")
     ray_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
-    monkeypatch.setenv("RAY_ADDRESS", cluster.gcs)
-    forms = {
-        "gcs": cluster.config(),
-        "auto": RayBackendConfig(address="auto"),
-        "dashboard": RayBackendConfig(address=cluster.dashboard, gcs_address=cluster.gcs),
-        "ray-client": RayBackendConfig(address=f"ray://127.0.0.1:{cluster.client_port}"),
+    ray_client_address = f"ray://127.0.0.1:{cluster.client_port}"
+    forms = {  # form: (config, $RAY_ADDRESS)
+        "gcs": (cluster.config(), None),
+        "auto": (RayBackendConfig(address="auto"), cluster.gcs),
+        "dashboard": (RayBackendConfig(address=cluster.dashboard, gcs_address=cluster.gcs), None),
+        "ray-client": (RayBackendConfig(address=ray_client_address), None),
+        "auto, ray:// in $RAY_ADDRESS": (RayBackendConfig(address="auto"), ray_client_address),
     }
     import ray
 
     try:
         with ray_cluster.TrafficWatch(cluster) as watch:
-            for form, config in forms.items():
+            for form, (config, env) in forms.items():
+                monkeypatch.setenv("RAY_ADDRESS", env or cluster.gcs)
                 other = TrainerClient(config)
                 job = other.get_job(job_id)
                 assert (job.status, job.name, job.backend) == (JobStatus.COMPLETE, "quick", "ray"), form
@@ -444,10 +447,66 @@ def test_a_killed_driver_is_noticed(ray_client):
     ranks_gone(ray_client, job_id)  # Ray ends the job's workers with its driver
 
 
-def test_a_worker_too_big_for_any_node_is_refused(ray_client):
-    with pytest.raises(ResourcesUnavailableError) as info:
-        ray_client.train(CustomTrainer(func=jobs.quick_value, resources_per_node={"cpu": 64}))
-    assert info.value.fields == ["resources_per_node['cpu']"] and "largest" in str(info.value)
+def test_jobs_ray_could_never_place_are_refused(ray_client):
+    """Checked at train() against the nodes alive (one, with 2 CPUs): nothing is submitted or left behind."""
+    sdk, kv = ray_client.backend.conn.jobs(), ray_client.backend.conn.kv
+    before = {j.submission_id for j in sdk.list_jobs()}
+    prefixes = lambda: {k.split("/")[0] for k in kv.keys("")}  # noqa: E731 - one per job
+    before_keys = prefixes()
+    cases = [
+        (CustomTrainer(func=jobs.quick_value, resources_per_node={"cpu": 64}), ["resources_per_node['cpu']"], "2 CPUs on the largest Ray node"),
+        (CustomTrainer(func=jobs.quick_value, num_nodes=2), ["num_nodes"], "at most 1"),  # one rank on each of 2 nodes
+        (CustomTrainer(func=jobs.quick_value, num_procs_per_node=3), ["num_procs_per_node"], "at most 2"),  # 1 CPU per rank by default
+        (CustomTrainer(func=jobs.quick_value, num_procs_per_node=2, resources_per_node={"cpu": 3}), ["resources_per_node['cpu']"], "ranks all run on one node"),
+    ]
+    for trainer, fields, words in cases:
+        with pytest.raises(ResourcesUnavailableError) as info:
+            ray_client.train(trainer)
+        assert info.value.fields == fields and words in str(info.value), str(info.value)
+    assert {j.submission_id for j in sdk.list_jobs()} == before
+    assert prefixes() <= before_keys
+
+
+def test_a_payload_too_large_for_the_gcs_is_refused(ray_client):
+    from trainjob.backends.ray.backend import MAX_PAYLOAD
+
+    kv = ray_client.backend.conn.kv
+    before = {k.split("/")[0] for k in kv.keys("")}
+    with pytest.raises(SerializationError) as info:
+        ray_client.train(CustomTrainer(func=jobs.quick_value, func_args={"x": b"\0" * (MAX_PAYLOAD + 1)}))
+    assert info.value.fields == ["func_args"] and "at most 100.0Mi pickled on Ray" in str(info.value), str(info.value)
+    assert {k.split("/")[0] for k in kv.keys("")} <= before
+
+
+def test_stop_a_job_still_waiting_for_its_workers(ray_client):
+    """A tracked job whose workers Ray has not placed yet has nobody to save a checkpoint: it ends Stopped at once."""
+    busy = ray_client.train(CustomTrainer(func=jobs.sleep_for, func_args={"seconds": 300}, num_procs_per_node=2))  # both CPUs
+    wait_until(lambda: ray_client.get_job(busy).status == JobStatus.RUNNING, timeout=JOB_TIMEOUT, what="the first job to hold the CPUs")
+    waiting = ray_client.train(TransformersTrainer(func=jobs.slow_tiny, num_procs_per_node=2))
+    wait_until(lambda: (ray_client.get_job(waiting).message or "").startswith("waiting for Ray to place"), timeout=JOB_TIMEOUT, what="the second job to wait")
+    assert ray_client.get_job(waiting).status == JobStatus.QUEUED
+    t0 = time.monotonic()
+    ray_client.stop_job(waiting)
+    job = finish(ray_client, waiting, timeout=30)
+    assert job.status == JobStatus.STOPPED and time.monotonic() - t0 < 15, job.message
+    assert "no rank has started yet" in events(ray_client, waiting, "Stopping")[0].message
+    ray_client.stop_job(busy)
+    assert finish(ray_client, busy, timeout=60).status == JobStatus.STOPPED
+
+
+def test_ray_jobs_that_are_not_trainjobs_are_never_touched(ray_client):
+    sdk = ray_client.backend.conn.jobs()
+    other = sdk.submit_job(entrypoint="python -c 'import time; time.sleep(60)'")
+    try:
+        for call in (ray_client.get_job, ray_client.stop_job, ray_client.delete_job):
+            with pytest.raises(JobNotFoundError):
+                call(other)
+        assert str(sdk.get_job_status(other)).split(".")[-1] in ("PENDING", "RUNNING")
+        assert other not in [j.id for j in ray_client.list_jobs()]
+    finally:
+        sdk.stop_job(other)
+        wait_until(lambda: str(sdk.get_job_status(other)).split(".")[-1] in ("STOPPED", "FAILED", "SUCCEEDED"), timeout=30, what="Ray to stop the other job")
+        sdk.delete_job(other)
 
 
 def test_bad_config_and_unreachable_cluster():
@@ -476,11 +535,12 @@ def test_plan_maps_the_spec_to_ray():
     env = plan.runtime_env(spec, {"A": "1", "PYTHONUNBUFFERED": "0"}, "uv")
     assert env["env_vars"]["A"] == "1" and env["env_vars"]["PYTHONUNBUFFERED"] == "0"  # the user's value wins
     assert env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0" and "working_dir" not in env
+    assert env["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
     assert env["uv"] == {"packages": ["peft==0.21.2"], "uv_pip_install_options": ["--index-url", "https://a/simple", "--extra-index-url", "https://b/simple", "--no-cache"]}
     assert plan.runtime_env(spec, None, "pip")["pip"]["pip_install_options"][:2] == ["--index-url", "https://a/simple"]
     one_per_node = CustomTrainer(func=jobs.quick_value, num_nodes=3).to_spec()
     assert plan.scaling(one_per_node) == {"num_workers": 3, "use_gpu": False, "resources_per_worker": {"CPU": 1.0}, "placement_strategy": "STRICT_SPREAD"}
-    assert plan.scaling(CustomTrainer(func=jobs.quick_value).to_spec())["placement_strategy"] == "PACK"
+    assert plan.scaling(CustomTrainer(func=jobs.quick_value).to_spec())["placement_strategy"] == "STRICT_PACK"
     assert plan.entrypoint("abc123def456", "/opt/my env/python") == "'/opt/my env/python' -m trainjob.backends.ray.driver abc123def456"
 
 

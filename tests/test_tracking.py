@@ -98,7 +98,7 @@ def test_tracking_off_injects_nothing(client):
 def test_live_progress_endpoint_and_monotonic_steps(client):
     job_id = client.train(TransformersTrainer(func=jobs.tiny, func_args={"max_steps": 400, "logging_steps": 20}, metrics_port=28180))
     assert client.get_job_progress(job_id) is None  # before the first step
-    steps, polled = [], []
+    steps, polled, proms = [], [], []
     endpoint = None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -111,8 +111,7 @@ def test_live_progress_endpoint_and_monotonic_steps(client):
                 with urllib.request.urlopen(endpoint, timeout=5) as r:
                     polled.append(json.loads(r.read()))
                 with urllib.request.urlopen(endpoint + "/prometheus", timeout=5) as r:
-                    prom = r.read().decode()
-                assert "trainjob_current_step" in prom and 'name="loss"' in prom or "trainjob_progress_percentage" in prom
+                    proms.append((polled[-1], r.read().decode()))
         if job.status.is_terminal:
             break
         time.sleep(0.3)
@@ -123,7 +122,11 @@ def test_live_progress_endpoint_and_monotonic_steps(client):
     assert polled and all(tuple(p) == PROGRESS_KEYS for p in polled)
     assert endpoint.startswith("http://127.0.0.1:")
     live = [p for p in polled if p["currentStep"] < 400]
-    assert not live or live[0]["trainMetrics"].get("throughput_samples_sec", 0) > 0  # live, not only at the end
+    assert live, f"the endpoint was never polled mid-run: {polled}"
+    assert any(p["trainMetrics"].get("throughput_samples_sec", 0) > 0 for p in live), live  # live, not only at the end
+    assert all("trainjob_current_step" in text and "trainjob_progress_percentage" in text for _, text in proms)
+    logged = [text for p, text in proms if "loss" in p["trainMetrics"]]  # a loss was logged before that poll
+    assert logged and all('name="loss"' in text for text in logged), proms
 
 
 def _endpoint(client, job_id):

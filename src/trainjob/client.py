@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from trainjob.backends import Backend, create_backend
 from trainjob.config import LocalBackendConfig
-from trainjob.errors import JobFailedError, JobTimeoutError, Problem, ValidationError
+from trainjob.errors import JobFailedError, JobStateError, JobTimeoutError, Problem, ValidationError
 from trainjob.trainers import CustomTrainer
 from trainjob.types import Event, JobStatus, Result, TrainJob
 
@@ -15,8 +15,8 @@ from trainjob.types import Event, JobStatus, Result, TrainJob
 class TrainerClient:
     """Submit, follow and control training jobs.
 
-    ``backend_config``: ``None`` (the embedded local backend), ``LocalBackendConfig(...)``,
-    ``RayBackendConfig(address=...)`` or ``KubernetesBackendConfig(namespace=...)``. Creating a
+    ``backend_config``: ``None`` (the embedded local backend), ``LocalBackendConfig(...)`` or
+    ``RayBackendConfig(address=...)`` (the Kubernetes backend is not built yet). Creating a
     client starts nothing: the local backend has no server, its state is a SQLite file.
     """
 
@@ -80,8 +80,9 @@ class TrainerClient:
     ) -> TrainJob:
         """Block until the job reaches one of ``status``; raises ``JobTimeoutError`` after ``timeout``.
 
-        Raises ``JobFailedError`` if the job ends in another terminal status (it never hangs on a
-        job that can no longer reach the wanted one).
+        It never hangs on a job that can no longer reach the wanted status: one that ends Failed
+        or Stopped raises ``JobFailedError`` (with the job's error), one that ends Complete
+        without passing through it (a short job waited on for ``Running``) ``JobStateError``.
         """
         wanted = _status_set(status) or {JobStatus.COMPLETE}
         if polling_interval <= 0:
@@ -93,6 +94,8 @@ class TrainerClient:
                 cb(job)
             if job.status in wanted:
                 return job
+            if job.status == JobStatus.COMPLETE:  # it ended well, just not where the caller waited for
+                raise JobStateError(f"job {job_id} ended Complete without reaching {', '.join(sorted(s.value for s in wanted))}")
             if job.status.is_terminal:
                 raise JobFailedError(job_id, job.status.value, self._error_of(job_id))
             if deadline is not None and time.monotonic() >= deadline:

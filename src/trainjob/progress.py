@@ -61,12 +61,13 @@ def remaining_seconds(step: int, total: int | None, steps_per_second: float | No
 
 
 def time_summary(seconds: int | None) -> str | None:
-    """Human wording of a duration: '45 seconds', '3 minutes', '2 hours 5 minutes'."""
+    """Human wording of a duration in whole units, rounded down as DESIGN.md's example is
+    (217 s -> '3 minutes'): '45 seconds', '3 minutes', '2 hours 5 minutes'."""
     if seconds is None:
         return None
     if seconds < 60:
         return f"{seconds} second{'s' if seconds != 1 else ''}"
-    minutes = round(seconds / 60)
+    minutes = seconds // 60
     if minutes < 60:
         return f"{minutes} minute{'s' if minutes != 1 else ''}"
     hours, minutes = divmod(minutes, 60)

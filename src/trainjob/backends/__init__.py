@@ -13,8 +13,8 @@ def create_backend(config: object) -> Backend:
     path = getattr(type(config), "backend_path", None)
     if not isinstance(path, str):
         raise BackendError(
-            f"backend_config={config!r} is not a backend config; use LocalBackendConfig(), "
-            "RayBackendConfig(address=...) or KubernetesBackendConfig(namespace=...)"
+            f"backend_config={config!r} is not a backend config; use LocalBackendConfig() or "
+            "RayBackendConfig(address=...)"
         )
     module_name, _, cls_name = path.partition(":")
     try:

@@ -30,8 +30,9 @@ from trainjob.backends.records import build_result, load_return_value, utc
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
 from trainjob.config import RayBackendConfig
-from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
+from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, SerializationError, ValidationError
 from trainjob.payload import dumps_payload
+from trainjob.resources import format_bytes
 from trainjob.trainers import CustomTrainer, mask_env
 from trainjob.types import Event, JobStatus, Result, Step, TrainJob
 
@@ -39,6 +40,7 @@ FOLLOW_INTERVAL = 1.0  # seconds between log polls with follow=True
 DELETE_WAIT = 30.0  # seconds delete_job waits for Ray to end a running job
 HTTP_TIMEOUT = 30.0
 RAY_CLIENT_TRIES = 3
+MAX_PAYLOAD = 100 * 2**20  # bytes of pickled function and arguments a job may keep in the GCS
 INFO_TTL = 1.0  # seconds reads of a running job reuse Ray's record of it (see _snapshot)
 SUBMIT_GRACE = 60.0  # seconds a new record may wait for Ray to know its job (working_dir uploads take a while)
 _RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -123,6 +125,9 @@ class RayBackend(Backend):
 
     def _connect(self) -> _Connection:
         address = self.config.address
+        env = os.environ.get("RAY_ADDRESS", "")
+        if address == "auto" and env.startswith(("http://", "https://", "ray://")):
+            address = env  # "auto" follows $RAY_ADDRESS in every form Ray accepts there
         try:
             if address.startswith(("http://", "https://")):
                 parsed = urllib.parse.urlparse(address)
@@ -175,10 +180,11 @@ class RayBackend(Backend):
             "resume_from": resume_from,
             "submitted_from": os.uname().nodename,
         }
+        payload = _checked_payload(trainer) if trainer.func is not None else None
         kv = conn.kv
         try:
-            if trainer.func is not None:
-                kv.put(keys.payload, dumps_payload(trainer.func, trainer.func_args))
+            if payload is not None:
+                kv.put(keys.payload, payload)
             kv.put_json(keys.job, record)
             EventWriter(kv, keys, "cli")(
                 "Created", f"job created ({spec['trainer']}, {spec['entrypoint']}) on Ray at {conn.dashboard}" + (f", resuming {resume_from}" if resume_from else "")
@@ -204,7 +210,12 @@ class RayBackend(Backend):
             raise JobStateError(f"cannot resume job {job_id}: it is {snap.status.value}; stop it first (stop_job) and wait until it is Stopped")
 
     def _check_resources(self, trainer: CustomTrainer, spec: dict[str, Any]) -> None:
-        """A worker that fits on no node of the cluster would wait forever: say so now."""
+        """A job Ray could never place would wait forever: say so now.
+
+        Checked against the nodes alive now: one worker must fit on some node; a one-node job
+        (``STRICT_PACK``) needs a node that holds all its workers; one rank per node on several
+        nodes (``STRICT_SPREAD``) needs that many nodes that each hold one.
+        """
         try:
             nodes = json.loads(self.conn.http_get("/api/v0/nodes", limit=10000, detail="true"))["data"]["result"]["result"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -212,22 +223,42 @@ class RayBackend(Backend):
         alive = [n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"]
         if not alive:
             return
-        per_worker = plan.scaling(spec)["resources_per_worker"]
-        if any(all(node.get(k, 0) >= v for k, v in per_worker.items()) for node in alive):
+        scale = plan.scaling(spec)
+        per_worker, strategy = scale["resources_per_worker"], scale["placement_strategy"]
+        nnodes, nproc = int(spec["num_nodes"]), int(spec["procs_per_node"])
+
+        def fits(node: dict[str, float], workers: int) -> bool:
+            return all(node.get(k, 0) >= v * workers for k, v in per_worker.items())
+
+        if strategy == "STRICT_SPREAD" and any(fits(n, 1) for n in alive):
+            holding = sum(fits(n, 1) for n in alive)
+            if holding < nnodes:
+                raise ResourcesUnavailableError(
+                    [Problem("num_nodes", nnodes, f"at most {holding} (the Ray nodes alive that can each hold one rank, {plan.describe_scaling(scale)})")],
+                    "resources (too few Ray nodes for one rank on each)",
+                )
             return
-        nproc = spec["procs_per_node"]
-        names = {"CPU": ("cpu", "CPUs"), "GPU": ("gpu", "GPUs"), "memory": ("memory", "bytes of memory")}
+        workers = nproc if strategy == "STRICT_PACK" else 1
+        if any(fits(n, workers) for n in alive):
+            return
+        names = {"CPU": ("cpu", "CPUs"), "GPU": ("gpu", "GPUs"), "memory": ("memory", "of memory")}
         problems = []
+        asked = trainer.resources_per_node or {}
         for key, need in per_worker.items():
             best = max(node.get(key, 0) for node in alive)
-            if need > best:
-                field_, unit = names.get(key, (key, key))
-                given = (trainer.resources_per_node or {}).get(field_, need * nproc)
-                problems.append(
-                    Problem(f"resources_per_node['{field_}']", given, f"at most {best * nproc:g} ({best:g} {unit} per Ray node, the largest, for each of {nproc} rank(s) per node)")
-                )
+            if need * workers <= best:
+                continue
+            field_, unit = names.get(key, (key, key))
+            most = (lambda v: format_bytes(int(v))) if key == "memory" else (lambda v: f"{v:g}")
+            where = f"{most(best)} {unit} on the largest Ray node"
+            if field_ not in asked:  # the default of one CPU per rank
+                problems.append(Problem("num_procs_per_node", nproc, f"at most {int(best // need)} ({where}, {most(need)} per rank unless resources_per_node says otherwise)"))
+            elif workers == nproc:
+                problems.append(Problem(f"resources_per_node['{field_}']", asked[field_], f"at most {most(best)} ({where}: a one-node job's ranks all run on one node)"))
+            else:
+                problems.append(Problem(f"resources_per_node['{field_}']", asked[field_], f"at most {most(best * nproc)} ({where}, for each of {nproc} ranks per node)"))
         if problems:
-            raise ResourcesUnavailableError(problems, "resources (no node of the Ray cluster can hold one worker)")
+            raise ResourcesUnavailableError(problems, "resources (no node of the Ray cluster can hold " + ("the job's ranks)" if workers > 1 else "one worker)"))
 
     # ---- read --------------------------------------------------------------------------
     def _job_info(self, job_id: str, max_age: float = 0.0):
@@ -427,7 +458,7 @@ class RayBackend(Backend):
 
     # ---- control -----------------------------------------------------------------------
     def stop_job(self, job_id: str) -> None:
-        snap = self._snapshot(job_id)
+        snap = self._snapshot(self._check_id(job_id), info=self._job_info(job_id))  # Ray's record fresh: whether a driver runs decides below
         if snap.status.is_terminal:
             return
         kv, keys = self.conn.kv, Keys(job_id)
@@ -444,6 +475,8 @@ class RayBackend(Backend):
         kv, keys = self.conn.kv, Keys(self._check_id(job_id))
         info = self._job_info(job_id)
         record = kv.get_json(keys.job)
+        if info is not None and (getattr(info, "metadata", None) or {}).get("trainjob.id") != job_id:
+            info = None  # a Ray job that is not trainjob's (same id by chance or on purpose): never touched
         if record is None and info is None:
             raise JobNotFoundError(job_id)
         if info is not None and str(info.status).split(".")[-1].upper() not in _RAY_TERMINAL:
@@ -518,6 +551,29 @@ class RayBackend(Backend):
         )
 
 
+def _checked_payload(trainer: CustomTrainer) -> bytes:
+    """The pickled function and arguments, refused if too large to keep in the cluster's GCS
+    (held in the head node's memory), naming the part that makes it large."""
+    payload = dumps_payload(trainer.func, trainer.func_args)
+    if len(payload) <= MAX_PAYLOAD:
+        return payload
+    import cloudpickle
+
+    args_size = len(cloudpickle.dumps(trainer.func_args or {}))
+    field_, value = ("func_args", f"{format_bytes(args_size)} pickled") if args_size * 2 > len(payload) else ("func", getattr(trainer.func, "__name__", "func"))
+    raise SerializationError(
+        [
+            Problem(
+                field_,
+                value,
+                f"at most {format_bytes(MAX_PAYLOAD)} pickled on Ray (the job's function and arguments are {format_bytes(len(payload))}, kept in the "
+                "cluster's GCS): load large data inside the function, from a path or dataset every node can read",
+            )
+        ],
+        "train()",
+    )
+
+
 # ---- logs ------------------------------------------------------------------------------------
 def _log_sources(step: str, nodes: int, world: int):
     """Which logs make up ``step``: a callable (backend, job_id) -> [(source, line prefix)]."""
@@ -577,9 +633,7 @@ def _resolve_gcs(address: str) -> str:
         return address
     env = os.environ.get("RAY_ADDRESS")
     if env and env != "auto":
-        if env.startswith(("http://", "https://", "ray://")):
-            raise BackendError(f"RAY_ADDRESS={env!r} is not a GCS address; pass it as RayBackendConfig(address={env!r})")
-        return env
+        return env  # a host:port (_connect took the ray:// and http:// forms)
     from ray._private.services import find_bootstrap_address
 
     found = find_bootstrap_address(None)

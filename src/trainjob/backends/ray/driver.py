@@ -115,19 +115,25 @@ class Driver:
         """Announce a stop request; end the job if the ranks have not ended within the grace period.
 
         Tracked jobs stop at an agreed step after saving a checkpoint (the workers read the stop
-        key themselves); untracked ones have no step to agree on and are ended at once.
+        key themselves); untracked ones have no step to agree on, and a job whose workers Ray has
+        not placed yet has nobody to save anything: both are ended at once.
         """
         deadline = None
         while True:
             time.sleep(MONITOR_INTERVAL)
             try:
                 if deadline is None and self._stop_requested():
-                    grace = STOP_GRACE if self.tracking else 0.0
-                    how = "the ranks agree on a step, save a checkpoint there and end" if self.tracking else "no Trainer is tracked, so the Ray job ends now"
+                    ranks_up = bool(self.kv.keys(self.keys.ranks()))
+                    if not self.tracking:
+                        grace, how = 0.0, "no Trainer is tracked, so the Ray job ends now"
+                    elif not ranks_up:
+                        grace, how = 0.0, "no rank has started yet, so the Ray job ends now"
+                    else:
+                        grace, how = STOP_GRACE, "the ranks agree on a step, save a checkpoint there and end"
                     self.event("Stopping", f"stopped on request: {how}")
                     deadline = time.monotonic() + grace
                 if deadline is not None and time.monotonic() >= deadline:
-                    why = "stopped on request" + (f"; the ranks did not end within {STOP_GRACE:g}s, so the Ray job was ended" if self.tracking else "")
+                    why = "stopped on request" + (f"; the ranks did not end within {STOP_GRACE:g}s, so the Ray job was ended" if grace else "")
                     self.finish(JobStatus.STOPPED, why, None)
                     os._exit(0)  # Ray ends the job's actors (Ray Train's controller and workers) with it
             except Exception as e:  # noqa: BLE001 - keep watching through a GCS hiccup

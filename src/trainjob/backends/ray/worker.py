@@ -38,7 +38,7 @@ def train_loop(config: dict[str, Any]) -> None:
     job_dir = Path(config["job_dir"])
     kv, keys = KV.in_cluster(), Keys(job_id)
     info = contract.RankInfo.from_env()
-    attempt = _agree_on_attempt(kv, keys, info)
+    attempt, stopped = _agree_on_attempt(kv, keys, info)
     tracking = bool(spec.get("enable_progression_tracking"))
     resume = attempt > 0 or bool(config.get("resume_from"))
     os.environ.update(
@@ -58,7 +58,7 @@ def train_loop(config: dict[str, Any]) -> None:
     _register_rank(kv, keys, attempt, info)
     if info.rank == 0:
         _announce(kv, keys, sink, attempt, info, resume)
-    if kv.get(keys.stop) is not None:
+    if stopped:
         sink.close()
         return  # a stop came before this attempt: nothing to train (the driver records Stopped)
 
@@ -106,26 +106,30 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 # ---- the attempt and the ranks -------------------------------------------------------------
-def _agree_on_attempt(kv: KV, keys: Keys, info: contract.RankInfo) -> int:
-    """Agree on the attempt number and a rendezvous port, then hand the ranks over as torchrun would.
+def _agree_on_attempt(kv: KV, keys: Keys, info: contract.RankInfo) -> tuple[int, bool]:
+    """Agree on the attempt number, a rendezvous port and whether a stop came before the start,
+    then hand the ranks over as torchrun would.
 
     Ray Train does not tell workers which restart this is, so rank 0 counts in the GCS with a
-    put-if-absent and broadcasts the number over the process group Ray Train set up. That group
+    put-if-absent and broadcasts the number over the process group Ray Train set up (with the
+    stop flag as rank 0 read it: every rank returns, or none does, so no rank waits for a peer
+    that will never come). That group
     is then destroyed and ``MASTER_PORT`` pointed at a fresh port: the user's code (HF's
     accelerate, or a plain ``dist.init_process_group("gloo")`` written for torchrun) creates its
     own group from the ``env://`` variables, exactly as under torchrun, instead of failing on
     "initialize the default process group twice".
     """
-    n, port = 0, 0
+    n, port, stop = 0, 0, 0
     if info.rank == 0:
         n = len(kv.keys(keys.attempts()))
         while not kv.claim_json(keys.attempt(n), {"attempt": n, "time": time.time(), "world_size": info.world_size}):
             n += 1
         port = _free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")
-    n, port = _share_from_rank0(n, port)
+        stop = int(kv.get(keys.stop) is not None)
+    n, port, stop = _share_from_rank0(n, port, stop)
     if port:
         os.environ["MASTER_PORT"] = str(port)
-    return n
+    return n, bool(stop)
 
 
 def _share_from_rank0(*values: int) -> tuple[int, ...]:
