@@ -38,6 +38,7 @@ from trainjob.types import Event, JobStatus, Result, Step, TrainJob
 
 FOLLOW_INTERVAL = 1.0  # seconds between log polls with follow=True
 DELETE_WAIT = 30.0  # seconds delete_job waits for Ray to end a running job
+ENDING_GRACE = 5.0  # seconds delete_job lets a driver that has recorded the outcome end by itself
 HTTP_TIMEOUT = 30.0
 RAY_CLIENT_TRIES = 3
 MAX_PAYLOAD = 100 * 2**20  # bytes of pickled function and arguments a job may keep in the GCS
@@ -479,16 +480,13 @@ class RayBackend(Backend):
             info = None  # a Ray job that is not trainjob's (same id by chance or on purpose): never touched
         if record is None and info is None:
             raise JobNotFoundError(job_id)
-        if info is not None and str(info.status).split(".")[-1].upper() not in _RAY_TERMINAL:
-            self._ray_stop(job_id)
-            deadline = time.monotonic() + DELETE_WAIT
-            while time.monotonic() < deadline:
-                info = self._job_info(job_id)
-                if info is None or str(info.status).split(".")[-1].upper() in _RAY_TERMINAL:
-                    break
-                time.sleep(0.2)
-            else:
-                raise BackendError(f"Ray did not end job {job_id} within {DELETE_WAIT:g}s of `ray job stop`; try again")
+        if info is not None and not self._ray_ended(info):
+            # A driver that has written the outcome is exiting by itself: let it (a stop would only race it).
+            if kv.get(keys.outcome) is None or not self._wait_ray_end(job_id, ENDING_GRACE):
+                self._ray_stop(job_id)
+                if not self._wait_ray_end(job_id, DELETE_WAIT):
+                    raise BackendError(f"Ray did not end job {job_id} within {DELETE_WAIT:g}s of `ray job stop`; try again")
+            info = self._job_info(job_id)
         driver = kv.get_json(keys.driver) or {}
         if info is not None:
             try:
@@ -503,6 +501,18 @@ class RayBackend(Backend):
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)  # visible here when the cluster's home is this machine's or shared
+
+    @staticmethod
+    def _ray_ended(info: Any) -> bool:
+        return info is None or str(info.status).split(".")[-1].upper() in _RAY_TERMINAL
+
+    def _wait_ray_end(self, job_id: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._ray_ended(self._job_info(job_id)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def _ray_stop(self, job_id: str) -> None:
         try:
