@@ -376,10 +376,10 @@ def test_polling_spares_the_dashboard_and_ray_ends_with_the_job(ray_client, monk
     (the driver skips the interpreter's teardown), so a delete right after does not wait."""
     from trainjob.backends.ray.backend import INFO_TTL
 
-    sdk = ray_client.backend.conn.jobs()
+    api = ray_client.backend.conn.api
     asked: list[float] = []
-    real = sdk.get_job_info
-    monkeypatch.setattr(sdk, "get_job_info", lambda job_id: asked.append(time.monotonic()) or real(job_id))
+    real = api.info
+    monkeypatch.setattr(api, "info", lambda job_id: asked.append(time.monotonic()) or real(job_id))
 
     job_id = ray_client.train(CustomTrainer(func=jobs.sleep_for, func_args={"seconds": 3}, num_procs_per_node=2))
     start = time.monotonic()
@@ -492,6 +492,31 @@ def test_stop_a_job_still_waiting_for_its_workers(ray_client):
     assert "no rank has started yet" in events(ray_client, waiting, "Stopping")[0].message
     ray_client.stop_job(busy)
     assert finish(ray_client, busy, timeout=60).status == JobStatus.STOPPED
+
+
+def test_a_new_client_process_needs_no_ray_sdk(cluster):
+    """A new process submits, follows and deletes a function job over the Jobs REST API: Ray's
+    Python SDK (0.33 s to import, in every CLI call) is never loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from trainjob import CustomTrainer, RayBackendConfig, TrainerClient\n"
+        "import jobs\n"
+        f"c = TrainerClient(RayBackendConfig(address={cluster.gcs!r}, home={str(cluster.home)!r}))\n"
+        "job_id = c.train(CustomTrainer(func=jobs.quick_value, func_args={'x': 3}))\n"
+        "job = c.wait_for_job_completion(job_id, timeout=120, polling_interval=0.2)\n"
+        "value = c.get_job_result(job_id).return_value\n"
+        "log = '\\n'.join(c.get_job_logs(job_id, step='driver'))\n"
+        "c.delete_job(job_id)\n"
+        "print(json.dumps({'value': value, 'log': 'trainjob.backends.ray.driver' in log, 'sdk': 'ray.job_submission' in sys.modules}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p)}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"value": 3, "log": True, "sdk": False}
 
 
 def test_ray_jobs_that_are_not_trainjobs_are_never_touched(ray_client):

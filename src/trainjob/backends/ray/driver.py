@@ -123,10 +123,9 @@ class Driver:
             time.sleep(MONITOR_INTERVAL)
             try:
                 if deadline is None and self._stop_requested():
-                    ranks_up = bool(self.kv.keys(self.keys.ranks()))
                     if not self.tracking:
                         grace, how = 0.0, "no Trainer is tracked, so the Ray job ends now"
-                    elif not ranks_up:
+                    elif not self._ranks_running():
                         grace, how = 0.0, "no rank has started yet, so the Ray job ends now"
                     else:
                         grace, how = STOP_GRACE, "the ranks agree on a step, save a checkpoint there and end"
@@ -138,6 +137,12 @@ class Driver:
                     os._exit(0)  # Ray ends the job's actors (Ray Train's controller and workers) with it
             except Exception as e:  # noqa: BLE001 - keep watching through a GCS hiccup
                 print(f"[trainjob] stop monitor: {e}", file=sys.stderr, flush=True)
+
+    def _ranks_running(self) -> bool:
+        """Whether the latest attempt's ranks have started and it has not failed (else, between
+        attempts or before Ray placed the workers, nobody is there to save a checkpoint)."""
+        latest = max(0, len(self.kv.keys(self.keys.attempts())) - 1)
+        return bool(self.kv.keys(self.keys.ranks(latest))) and self.kv.get(self.keys.first_error(latest)) is None
 
     # ---- outcome -----------------------------------------------------------------------
     def _decide(self, exc: BaseException | None) -> tuple[JobStatus, str | None, dict | None]:
