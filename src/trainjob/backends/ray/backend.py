@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from trainjob.backends.base import Backend
 from trainjob.backends.records import build_result, load_return_value, utc
 from trainjob.backends.ray import plan
-from trainjob.backends.ray.jobs_api import JobsAPI, JobsAPIError
+from trainjob.backends.ray.jobs_api import JobsAPI, JobsAPIError, RayJob
 from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
 from trainjob.config import RayBackendConfig
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, SerializationError, ValidationError
@@ -97,7 +97,7 @@ class _Snapshot:
 
     job_id: str
     record: dict[str, Any]
-    info: Any  # Ray's JobDetails, or None if Ray has no such job
+    info: RayJob | None  # Ray's record of the job; None if Ray has none (or it was not needed)
     outcome: dict[str, Any] | None
     driver: dict[str, Any] | None
     attempt: int
@@ -120,7 +120,7 @@ class RayBackend(Backend):
             raise ValidationError(problems, "RayBackendConfig")
         self._conn: _Connection | None = None
         self._conn_lock = threading.Lock()
-        self._info_cache: dict[str, tuple[float, Any]] = {}
+        self._info_cache: dict[str, tuple[float, RayJob | None]] = {}
 
     # ---- connection --------------------------------------------------------------------
     @property
@@ -322,7 +322,7 @@ class RayBackend(Backend):
     def _derive_status(self, snap: _Snapshot) -> None:
         """Status from the outcome if written, else from the driver's liveness and the ranks seen."""
         if snap.outcome is None:
-            ray_status = str(getattr(snap.info, "status", "") or "").split(".")[-1].upper()
+            ray_status = snap.info.status if snap.info is not None else ""
             if snap.info is None and time.time() - float(snap.record.get("created_at") or 0) < SUBMIT_GRACE:
                 snap.status, snap.message = JobStatus.CREATED, "being submitted to Ray"  # train() writes the record first
                 return
@@ -332,7 +332,7 @@ class RayBackend(Backend):
             snap.status = JobStatus.parse(snap.outcome["status"])
             snap.message = snap.outcome.get("message")
             return
-        ray_status = str(snap.info.status).split(".")[-1].upper()
+        ray_status = snap.info.status
         if ray_status == "PENDING":
             snap.status, snap.message = JobStatus.CREATED, "Ray is starting the job's driver (and preparing its runtime environment)"
         elif snap.ranks:
@@ -352,16 +352,15 @@ class RayBackend(Backend):
             if ray_status == "STOPPED":
                 status, msg, error = JobStatus.STOPPED, "the Ray job was stopped outside trainjob (ray job stop)", None
             else:
-                said = f"Ray says {ray_status}: {getattr(snap.info, 'message', '') or ''}".strip() if snap.info is not None else "Ray has no record of it"
+                said = f"Ray says {ray_status}: {snap.info.message or ''}".strip() if snap.info is not None else "Ray has no record of it"
                 started = snap.driver is not None
                 msg = f"the job's driver {'ended without recording an outcome' if started else 'never started'} ({said})"
-                ray_kind = getattr(snap.info, "error_type", None)
                 error = {
                     "type": "DriverLost" if started else "DriverNotStarted",
                     "message": msg,
                     "rank": None,
                     "traceback": "",
-                    "ray_error_type": getattr(ray_kind, "value", ray_kind),  # e.g. RUNTIME_ENV_SETUP_FAILURE
+                    "ray_error_type": snap.info.error_type if snap.info is not None else None,  # e.g. RUNTIME_ENV_SETUP_FAILURE
                 }
                 status = JobStatus.FAILED
             record_outcome(kv, keys, EventWriter(kv, keys, "cli"), status, msg, error, compute_result(kv, keys, snap.record["spec"], None))
@@ -484,7 +483,7 @@ class RayBackend(Backend):
         kv, keys = self.conn.kv, Keys(self._check_id(job_id))
         info = self._job_info(job_id)
         record = kv.get_json(keys.job)
-        if info is not None and (getattr(info, "metadata", None) or {}).get("trainjob.id") != job_id:
+        if info is not None and info.metadata.get("trainjob.id") != job_id:
             info = None  # a Ray job that is not trainjob's (same id by chance or on purpose): never touched
         if record is None and info is None:
             raise JobNotFoundError(job_id)
@@ -511,8 +510,8 @@ class RayBackend(Backend):
             shutil.rmtree(folder, ignore_errors=True)  # visible here when the cluster's home is this machine's or shared
 
     @staticmethod
-    def _ray_ended(info: Any) -> bool:
-        return info is None or str(info.status).split(".")[-1].upper() in _RAY_TERMINAL
+    def _ray_ended(info: RayJob | None) -> bool:
+        return info is None or info.status in _RAY_TERMINAL
 
     def _wait_ray_end(self, job_id: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
