@@ -131,7 +131,7 @@ def main() -> None:
         from trainjob import RayBackendConfig, TrainerClient
 
         client = TrainerClient(RayBackendConfig(address=address, home=home))
-        client.list_jobs()  # connect (and import the Jobs SDK) before timing
+        client.list_jobs()  # connect to the cluster before timing
         phases: dict[str, list[dict[str, float]]] = {"client process": [], "new process": []}
         s = args.steps
         res = interleave(

@@ -449,8 +449,8 @@ def test_a_killed_driver_is_noticed(ray_client):
 
 def test_jobs_ray_could_never_place_are_refused(ray_client):
     """Checked at train() against the nodes alive (one, with 2 CPUs): nothing is submitted or left behind."""
-    sdk, kv = ray_client.backend.conn.jobs(), ray_client.backend.conn.kv
-    before = {j.submission_id for j in sdk.list_jobs()}
+    api, kv = ray_client.backend.conn.api, ray_client.backend.conn.kv
+    before = {j.submission_id for j in api.list()}
     prefixes = lambda: {k.split("/")[0] for k in kv.keys("")}  # noqa: E731 - one per job
     before_keys = prefixes()
     cases = [
@@ -463,7 +463,7 @@ def test_jobs_ray_could_never_place_are_refused(ray_client):
         with pytest.raises(ResourcesUnavailableError) as info:
             ray_client.train(trainer)
         assert info.value.fields == fields and words in str(info.value), str(info.value)
-    assert {j.submission_id for j in sdk.list_jobs()} == before
+    assert {j.submission_id for j in api.list()} == before
     assert prefixes() <= before_keys
 
 

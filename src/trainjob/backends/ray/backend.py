@@ -87,9 +87,6 @@ class _Connection:
                             os.environ["RAY_API_SERVER_ADDRESS"] = saved
             return self._jobs
 
-    def http_get(self, path: str, **params: Any) -> bytes:
-        return self.api.get(path, **params)
-
 
 @dataclass
 class _Snapshot:
@@ -229,7 +226,7 @@ class RayBackend(Backend):
         nodes (``STRICT_SPREAD``) needs that many nodes that each hold one.
         """
         try:
-            nodes = json.loads(self.conn.http_get("/api/v0/nodes", limit=10000, detail="true"))["data"]["result"]["result"]
+            nodes = json.loads(self.conn.api.get("/api/v0/nodes", limit=10000, detail="true"))["data"]["result"]["result"]
         except (OSError, ValueError, KeyError, TypeError):
             return  # the state API is unavailable: let Ray decide
         alive = [n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"]
@@ -452,7 +449,7 @@ class RayBackend(Backend):
         try:
             if kind == "driver":
                 return self.conn.api.logs(ident)
-            raw = self.conn.http_get("/api/v0/logs/file", actor_id=ident, lines=-1, suffix="out").decode(errors="replace")
+            raw = self.conn.api.get("/api/v0/logs/file", actor_id=ident, lines=-1, suffix="out").decode(errors="replace")
         except Exception as e:  # noqa: BLE001 - a node that is gone takes its log files with it
             return f"[trainjob] the log of {source} is not available from Ray: {type(e).__name__}: {e}\n"
         return "".join(line for line in raw.splitlines(keepends=True) if not line.startswith(_RAY_MARKERS))
