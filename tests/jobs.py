@@ -318,3 +318,44 @@ def stubborn_peer(fail_rank: int = 1, message: str = "boom"):
         raise ValueError(message)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(120)
+
+
+# ---- ranks that do not end (tests/test_hangs.py) ----------------------------------------------
+def hang_at_exit(rank: int = 1):
+    """Returns normally everywhere; on ``rank`` a non-daemon thread then keeps the interpreter alive."""
+    import threading
+
+    if int(os.environ.get("RANK", 0)) == rank:
+        threading.Thread(target=threading.Event().wait, name="never-ends").start()
+    return int(os.environ.get("RANK", 0))
+
+
+def never_returns_on(rank: int = 1):
+    """``rank`` never finishes its work; the others return at once."""
+    import time
+
+    if int(os.environ.get("RANK", 0)) == rank:
+        while True:
+            time.sleep(1)
+    return int(os.environ.get("RANK", 0))
+
+
+def sleep_forever():
+    import time
+
+    while True:
+        time.sleep(1)
+
+
+def tiny_hanging(hang_at_step: int = 3, **kw):
+    """The tiny Trainer job, stuck for ever inside step ``hang_at_step`` (a callback that never returns)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Stuck(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            while state.global_step >= hang_at_step:
+                time.sleep(1)
+
+    return tiny(callbacks=[Stuck()], **kw)

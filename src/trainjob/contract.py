@@ -27,7 +27,8 @@ RESUME = "TRAINJOB_RESUME"  # "1": Trainers resume from the newest complete chec
 HOME = "TRAINJOB_HOME"  # where the store and job folders live (default ~/.trainjob)
 
 # ---- files in a job's folder -------------------------------------------------------------
-SPEC_FILE = "spec.json"
+SPEC_FILE = "spec.json"  # the job's spec, secrets masked (trainjob.masking): safe to show
+SECRETS_FILE = "secrets.json"  # the real values of the spec's masked fields (0600); read by launchers and ranks only
 PAYLOAD_FILE = "payload.pkl"  # cloudpickled (func, func_args) for function jobs
 WORKDIR = "workdir"  # ranks' working directory: relative paths in user code land here
 LOGS = "logs"
@@ -43,6 +44,12 @@ RESULT_FILE = "result.pkl"  # rank 0's return value
 ERRORS_DIR = "errors"  # errors/rank-N.json: a rank's exception
 PIDS_DIR = "pids"  # pids/rank-N.json (ranks), pids/node-K.json (launchers): pid and start time, to end orphans
 STOP_FILE = "stop"  # present: ranks save a checkpoint at an agreed step and end
+DONE_DIR = "done"  # done/rank-N.json: this rank's work is done (training ended, its function returned)
+
+# ---- signals a launcher may send to a rank -------------------------------------------------
+# SIGQUIT: write every thread's Python stack into the rank's log and keep running (as the JVM
+# does). The supervisor sends it to a rank it is about to end as hung, so the log says where.
+STACK_DUMP_SIGNAL = "SIGQUIT"
 
 
 def home() -> Path:
@@ -56,6 +63,20 @@ def write_json_atomic(path: Path, data: object) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f, default=str)
     os.replace(tmp, path)
+
+
+def read_job_spec(job_dir: Path) -> dict:
+    """A job's real spec, for launching it: ``spec.json`` with ``secrets.json`` put back in.
+
+    Only the processes that start the ranks (and the ranks, for their script arguments) read
+    this; everything that shows a job reads the masked ``spec.json`` or the store.
+    """
+    spec = json.loads((job_dir / SPEC_FILE).read_text())
+    try:
+        hidden = json.loads((job_dir / SECRETS_FILE).read_text())
+    except FileNotFoundError:
+        hidden = {}
+    return {**spec, **hidden}
 
 
 @dataclass(frozen=True)

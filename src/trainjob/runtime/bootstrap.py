@@ -9,7 +9,6 @@ exit about one time in four).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -17,11 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from trainjob import contract
-from trainjob.runtime import affinity
+from trainjob import contract, filesystems
+from trainjob.masking import mask_text, secret_values
+from trainjob.runtime import affinity, done
 from trainjob.runtime.hints import hint_for
 
 TRACEBACK_LINES = 40
+ERROR_RESERVE_BYTES = 64 * 1024  # an error record is a few KiB (40 traceback lines)
 
 
 def main() -> int:
@@ -31,7 +32,9 @@ def main() -> int:
     job_dir = Path(os.environ[contract.JOB_DIR])
     attempt = int(os.environ.get(contract.ATTEMPT, "0"))
     _redirect_output(job_dir / contract.LOGS / f"attempt-{attempt}" / f"rank-{info.rank}.log")
+    _enable_stack_dumps()
     _record_pid(run_dir, info.rank)
+    _reserve_error_space(run_dir, info.rank)
     affinity.apply_placement()  # this rank's CPUs, GPUs and memory cgroup from the local scheduler
     tracking = os.environ.get(contract.TRACKING) == "1"
     resume = os.environ.get(contract.RESUME) == "1"
@@ -43,23 +46,29 @@ def main() -> int:
         from trainjob.runtime import stopping
 
         stopping.install_signal_handler()
-    spec = json.loads((job_dir / contract.SPEC_FILE).read_text())
+    spec = contract.read_job_spec(job_dir)  # the real script arguments, not the masked ones
     try:
-        value = run_entrypoint(spec, job_dir)
-    except SystemExit as e:
-        if e.code in (None, 0):
+        try:
+            value = run_entrypoint(spec, job_dir)
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                raise
             value = None
-        else:
-            record_error(run_dir, info.rank, e)
-            return e.code if isinstance(e.code, int) else 1
+    except SystemExit as e:
+        record_error(run_dir, info.rank, e)
+        shutdown_distributed()
+        return e.code if isinstance(e.code, int) else 1
     except BaseException as e:  # noqa: BLE001 - recorded for the supervisor, then the rank fails
         record_error(run_dir, info.rank, e)
         traceback.print_exc()
-        return 1
-    finally:
         shutdown_distributed()
+        return 1
+    # The work is done: record it before anything that can hang at exit (the process group's
+    # teardown, non-daemon threads), so the supervisor can tell a hang at exit from a failure.
     if info.rank == 0:
         _write_result(run_dir, value)
+    done.mark("returned")
+    shutdown_distributed()
     return 0
 
 
@@ -89,9 +98,10 @@ def run_entrypoint(spec: dict[str, Any], job_dir: Path) -> Any:
 
 def record_error(run_dir: Path, rank: int, exc: BaseException) -> None:
     """Write ``errors/rank-N.json`` (first failure wins by its time) for the supervisor."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    known = _secret_values()
+    tb = mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), known)
     lines = tb.rstrip().splitlines()
-    message = str(exc) if not isinstance(exc, SystemExit) else f"exit code {exc.code}"
+    message = mask_text(str(exc) if not isinstance(exc, SystemExit) else f"exit code {exc.code}", known)
     record = {
         "rank": rank,
         "type": type(exc).__name__,
@@ -99,11 +109,35 @@ def record_error(run_dir: Path, rank: int, exc: BaseException) -> None:
         "traceback": "\n".join(lines[-TRACEBACK_LINES:]),
         "time": time.time(),
         "hint": hint_for(type(exc).__name__, message),
+        **filesystems.oserror_details(exc),  # errno and file: the supervisor explains a full disk
     }
     try:
-        contract.write_json_atomic(run_dir / contract.ERRORS_DIR / f"rank-{rank}.json", record)
+        # On a full disk the record still fits: the rank's reserve is given back first.
+        filesystems.with_reserve(lambda: contract.write_json_atomic(run_dir / contract.ERRORS_DIR / f"rank-{rank}.json", record), _error_reserve(run_dir, rank))
     except OSError:
         pass
+
+
+def _error_reserve(run_dir: Path, rank: int) -> filesystems.Reserve:
+    return filesystems.Reserve(run_dir / contract.ERRORS_DIR / f".rank-{rank}.reserve", ERROR_RESERVE_BYTES, keep_free=0)
+
+
+def _reserve_error_space(run_dir: Path, rank: int) -> None:
+    """Set aside room for this rank's error record, so a full disk cannot lose it; gone at exit."""
+    import atexit
+
+    reserve = _error_reserve(run_dir, rank)
+    if reserve.ensure():
+        atexit.register(reserve.release)
+
+
+def _secret_values() -> list[str]:
+    """The job's secret values (to mask in a recorded error: it is stored and shown), if known here."""
+    job_dir = os.environ.get(contract.JOB_DIR)
+    try:
+        return secret_values(contract.read_job_spec(Path(job_dir))) if job_dir else []
+    except (OSError, ValueError):
+        return []
 
 
 def shutdown_distributed() -> None:
@@ -116,6 +150,21 @@ def shutdown_distributed() -> None:
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - best effort at exit; a failure here must not mask the result
         pass
+
+
+def _enable_stack_dumps() -> None:
+    """``kill -QUIT`` writes every thread's Python stack into this rank's log (it keeps running).
+
+    The supervisor sends it before it ends a rank that hangs, so the log shows where; a user can
+    send it too. Done after the output is redirected: faulthandler writes to the fd it was given.
+    """
+    import faulthandler
+    import signal
+
+    try:
+        faulthandler.register(getattr(signal, contract.STACK_DUMP_SIGNAL), file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        pass  # no such signal here, or stderr has no fd: dumps are a diagnostic only
 
 
 def _redirect_output(path: Path) -> None:

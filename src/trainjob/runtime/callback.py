@@ -21,7 +21,7 @@ from transformers.trainer_callback import TrainerCallback
 
 from trainjob import contract
 from trainjob.progress import RateWindow, build_progress, categorize, clean_number
-from trainjob.runtime import sinks, stopping
+from trainjob.runtime import done, sinks, stopping
 
 WRITE_INTERVAL = 0.25  # seconds between progress writes while steps run
 
@@ -112,6 +112,8 @@ class TrainjobCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         stopping.on_train_end()
+        # Every rank: training is over here, whatever follows (a hang at exit is then not a failure).
+        done.mark("train_end", step=state.global_step, completed=bool(state.max_steps) and state.global_step >= state.max_steps)
         if not state.is_world_process_zero:
             return
         finished = bool(state.max_steps) and state.global_step >= state.max_steps

@@ -26,6 +26,7 @@ class Collector:
         self._progress_mtime: int | None = None
         self._endpoint_seen = False
         self.last_event: dict[str, dict[str, Any]] = {}  # reason -> latest event (TrainEnd, Save...)
+        self.progress: dict[str, Any] | None = None  # the latest progress rank 0 wrote
         self.checkpoints: list[str] = []
 
     def collect(self, attempt: int) -> None:
@@ -59,6 +60,7 @@ class Collector:
         except (OSError, ValueError):
             return  # replaced between stat and read: next pass
         self._progress_mtime = mtime
+        self.progress = progress
         self.store.update_job(self.job_id, progress=progress, progress_at=mtime / 1e9)
 
     def _collect_endpoint(self) -> None:

@@ -23,6 +23,7 @@ from trainjob import contract
 from trainjob.backends.local import procs
 from trainjob.backends.local.collector import COLLECT_INTERVAL, Collector
 from trainjob.backends.local.failures import NodeOutcome, collect_failures, describe_exit, summarize
+from trainjob.backends.local.hangs import Hang, HangWatch, dump_stacks, work_done
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.local.launcher import plan_launch, free_port
 from trainjob.checkpoints import checkpoint_step, latest_complete, list_checkpoints
@@ -32,8 +33,8 @@ from trainjob.store import Store
 from trainjob.types import JobStatus
 
 FAILURE_GRACE = 3.0  # seconds the other nodes get to exit on their own after one failed
-STOP_GRACE = 300.0  # seconds ranks inside Trainer.train() get to agree on a step, save and end
 TERM_GRACE = 10.0  # seconds between SIGTERM to the ranks and SIGKILL to what is left
+HANG_CHECK_INTERVAL = 1.0  # seconds between looks at the ranks' processes and done markers
 LOG_SCAN_BYTES = 64 * 1024  # torchrun's failure summary is at the end of a node log
 
 
@@ -48,6 +49,8 @@ class Attempt:
     exit_times: dict[int, float] = field(default_factory=dict)
     ended: set[int] = field(default_factory=set)  # nodes the supervisor ended itself
     ending_since: float | None = None  # when it started ending them (wall clock)
+    hang: Hang | None = None  # ranks the supervisor ended as hung (see ``hangs``)
+    hang_error: dict[str, Any] | None = None  # the attempt's failure when the hang is one
 
 
 class Supervisor:
@@ -63,6 +66,9 @@ class Supervisor:
         self.extra_env: dict[str, str] = {}
         self.grant = None  # the scheduler's Grant, once resources are acquired
         self.world = int(self.spec["num_nodes"]) * int(self.spec["procs_per_node"])
+        self.attempt: Attempt | None = None  # the attempt whose processes run now
+        self.deadline_exceeded = False  # active_deadline_seconds passed: the stop that follows is a failure
+        self.created_at = time.time()  # replaced by the job's creation time in run()
 
     # ---- lifecycle ----------------------------------------------------------------------
     def run(self) -> int:
@@ -71,6 +77,7 @@ class Supervisor:
         job = self.store.get_job(self.job_id)
         if job is None or job.status.is_terminal:
             return 0  # deleted or stopped before we started
+        self.created_at = job.created_at
         self.store.update_job(self.job_id, supervisor_pid=os.getpid(), supervisor_start=procs.start_time(os.getpid()))
         status, message, error = JobStatus.FAILED, None, None
         release = None
@@ -78,22 +85,46 @@ class Supervisor:
             self._prepare_environment()
             release = self._acquire_resources()
             if self._stopping():
-                return self._finish(JobStatus.STOPPED, "stopped before it started", None)
-            status, message, error = self._run_attempts()
+                status, message, error = self._stopped_outcome("before it started")
+            else:
+                status, message, error = self._run_attempts()
         except TrainJobError as e:  # an expected failure whose message is for the user (a package install failed...)
             error = {"type": type(e).__name__, "message": str(e), "traceback": "", "rank": None}
             status, message = JobStatus.FAILED, f"{type(e).__name__}: {e}"
             print(message, file=sys.stderr, flush=True)
-        except Exception as e:  # noqa: BLE001 - anything here must still end the job with a reason
+        except BaseException as e:  # noqa: BLE001 - anything (SIGINT's KeyboardInterrupt too) still ends the job with a reason
             import traceback
 
-            error = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc(), "rank": None}
-            status, message = JobStatus.FAILED, f"supervisor error: {type(e).__name__}: {e}"
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+            what = "interrupted (SIGINT)" if isinstance(e, KeyboardInterrupt) else f"error: {type(e).__name__}: {e}"
+            ended = self._end_all_processes()
+            error = {"type": type(e).__name__, "message": str(e) or what, "traceback": traceback.format_exc(), "rank": None}
+            status = JobStatus.FAILED
+            message = f"supervisor {what}; " + (f"{ended} process{'es' if ended != 1 else ''} of the job ended" if ended else "no process of the job was left")
             print(traceback.format_exc(), file=sys.stderr, flush=True)
         finally:
             if release is not None:
                 release()
         return self._finish(status, message, error)
+
+    def _end_all_processes(self) -> int:
+        """End every process of the job (agents, ranks, installers): the supervisor is giving up.
+
+        All of them are descendants of this process (a subreaper), and ranks are also recorded
+        in ``run/pids/``. Returns how many were alive.
+        """
+        import psutil
+
+        found = {c.pid: c for c in psutil.Process().children(recursive=True)}
+        for p in self._recorded("*.json"):
+            found.setdefault(p.pid, p)
+        if not found:
+            return 0
+        if self.attempt is not None:
+            self._kill(self.attempt, list(found.values()), signal.SIGKILL, grace=5.0)
+        else:
+            procs.kill_tree(list(found.values()), grace=5.0, sig=signal.SIGKILL)
+        return len(found)
 
     def _prepare_environment(self) -> None:
         """Build (or reuse) the job's package environment. See ``envs``."""
@@ -107,7 +138,7 @@ class Supervisor:
         """Wait in the local scheduler until the job's CPUs/GPUs/memory are free. Returns a release callable."""
         from trainjob.backends.local import scheduler
 
-        grant = scheduler.acquire(self.store, self.job_id, self.spec, should_abort=self._stop_file_present)
+        grant = scheduler.acquire(self.store, self.job_id, self.spec, should_abort=self._stopping)
         self.extra_env.update(grant.env)
         self.grant = grant
         return grant.release
@@ -126,16 +157,19 @@ class Supervisor:
         attempt_no = 0
         while True:
             if self._stopping():  # a stop that came while the previous attempt was being cleaned up
-                return JobStatus.STOPPED, "stopped on request before attempt " + str(attempt_no), None
+                return self._stopped_outcome(f"before attempt {attempt_no}")
             attempt = self._launch(attempt_no, resume=resume or attempt_no > 0, restarted_after=cause)
             ok = self._monitor(attempt)
             self.collector.collect(attempt.number)
+            if attempt.hang is not None:
+                # The supervisor ended hung ranks: the attempt's outcome is its verdict, not their exit codes.
+                ok = attempt.hang_error is None
             outcome = self._stop_outcome(attempt, ok)
             if outcome is not None:
                 return outcome
             if ok:
                 return JobStatus.COMPLETE, None, None
-            error = self._root_cause(attempt)
+            error = attempt.hang_error or self._root_cause(attempt)
             first_error = first_error or error
             cause = _describe_error(error, None)
             self.store.add_event(self.job_id, "AttemptFailed", _describe_error(error, attempt.number), {"attempt": attempt.number, "error": error})
@@ -171,6 +205,7 @@ class Supervisor:
             cpus=local_capacity().cpus,
         )
         attempt = Attempt(number)
+        self.attempt = attempt
         nproc = int(self.spec["procs_per_node"])
         for plan in plans:
             with open(plan.log_file, "ab") as log:
@@ -200,6 +235,13 @@ class Supervisor:
         failed_at: float | None = None
         stop_phase: str | None = None  # None -> "graceful" -> "term" -> "kill"
         deadline = 0.0
+        tracking = bool(self.spec.get("enable_progression_tracking"))
+        watch = HangWatch(
+            world=self.world,
+            exit_grace=float(self.spec.get("exit_grace_seconds") or 30.0),
+            progress_timeout=self.spec.get("progress_timeout") if tracking else None,
+        )
+        next_hang_check = 0.0
         while len(attempt.exit_codes) < len(attempt.nodes):
             time.sleep(COLLECT_INTERVAL)
             self.collector.collect(attempt.number)
@@ -222,9 +264,16 @@ class Supervisor:
                 failed_at = time.monotonic()
             if failed_at is not None and attempt.ending_since is None and time.monotonic() - failed_at > FAILURE_GRACE:
                 self._end_nodes(attempt, "another node failed", signal.SIGKILL)
+            if failed_at is None and stop_phase is None and attempt.hang is None and time.monotonic() >= next_hang_check:
+                next_hang_check = time.monotonic() + HANG_CHECK_INTERVAL
+                hang = self._check_hang(attempt, watch)
+                if hang is not None:
+                    self._end_hung(attempt, hang)
+                    continue
             if stop_phase is None and self._stopping():
-                if self.spec.get("enable_progression_tracking") and self._in_training(attempt):
-                    stop_phase, deadline = "graceful", time.monotonic() + STOP_GRACE
+                stop_grace = float(self.spec.get("stop_grace_seconds") or 60.0)
+                if tracking and self._in_training(attempt):
+                    stop_phase, deadline = "graceful", time.monotonic() + stop_grace
                     self.store.add_event(self.job_id, "Stopping", f"{self._stop_reason()}: the ranks agree on a step, save a checkpoint there and end")
                 else:
                     # No Trainer to save a checkpoint (a CustomTrainer, or not training yet): end the ranks now.
@@ -233,7 +282,7 @@ class Supervisor:
                     self._signal_ranks(attempt, signal.SIGTERM)
             elif stop_phase == "graceful" and time.monotonic() > deadline:
                 stop_phase, deadline = "term", time.monotonic() + TERM_GRACE
-                self.store.add_event(self.job_id, "Stopping", f"the ranks did not end within {STOP_GRACE:g}s of the stop request: SIGTERM")
+                self.store.add_event(self.job_id, "Stopping", f"the ranks did not end within stop_grace_seconds={stop_grace:g} of the stop request: SIGTERM")
                 self._signal_ranks(attempt, signal.SIGTERM)
             elif stop_phase == "term" and time.monotonic() > deadline:
                 stop_phase = "kill"
@@ -244,6 +293,94 @@ class Supervisor:
     def _rank_failed(self) -> bool:
         """True once a rank of this attempt recorded an exception (``errors/rank-N.json``)."""
         return any((self.dir.run_dir / contract.ERRORS_DIR).glob("rank-*.json"))
+
+    # ---- hangs ---------------------------------------------------------------------------
+    def _rank_processes(self) -> dict[int, Any]:
+        """Each rank that recorded itself in ``run/pids/``: its live process, or None once it ended."""
+        out: dict[int, Any] = {}
+        for f in (self.dir.run_dir / contract.PIDS_DIR).glob("rank-*.json"):
+            try:
+                rank = int(f.stem.split("-", 1)[1])
+                rec = json.loads(f.read_text())
+            except (OSError, ValueError, IndexError):
+                continue
+            out[rank] = procs.process(rec.get("pid"), rec.get("start"))
+        return out
+
+    def _done_markers(self) -> dict[int, dict]:
+        """``run/done/rank-N.json``: what each rank recorded of its work being done (``runtime.done``)."""
+        out: dict[int, dict] = {}
+        for f in (self.dir.run_dir / contract.DONE_DIR).glob("rank-*.json"):
+            try:
+                out[int(f.stem.split("-", 1)[1])] = json.loads(f.read_text())
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def _check_hang(self, attempt: Attempt, watch: HangWatch) -> Hang | None:
+        now = time.monotonic()
+        progress = self.collector.progress
+        watch.observe(self._in_training(attempt) or self._training_ended(attempt), progress.get("currentStep") if progress else None, now)
+        ranks = self._rank_processes()
+        return watch.check(
+            now,
+            alive={r: p is not None for r, p in ranks.items()},
+            done=self._done_markers(),
+            node_exited_ok=any(rc == 0 for rc in attempt.exit_codes.values()),
+            training_ended=self._training_ended(attempt),
+        )
+
+    def _end_hung(self, attempt: Attempt, hang: Hang) -> None:
+        """Write the hung ranks' stacks into their logs, record where they hang, end the attempt.
+
+        At exit, with every rank's work recorded done, the attempt counts as a success (a warning
+        event says which rank was ended and where it hung); otherwise it fails with that reason.
+        """
+        ranks = self._rank_processes()
+        logs = self.dir.attempt_logs(attempt.number)
+        frames: dict[int, str | None] = {}
+        for r in hang.ranks:
+            p = ranks.get(r)
+            if p is not None:
+                frames[r] = dump_stacks(p.pid, logs / f"rank-{r}.log", self.python)
+        where = "; ".join(f"rank {r} was in {f}" if f else f"rank {r}: no stack could be read" for r, f in frames.items())
+        logs_named = ", ".join(f"rank-{r}.log" for r in frames)
+        done = self._done_markers()
+        if hang.kind == "exit":
+            finished = work_done(done, self.world)
+            reason = "HungAtExit"
+            message = f"{hang.why}; ended {'them' if len(frames) > 1 else 'it'}: {where} (stacks in {logs_named})"
+            if finished:
+                message += "; every rank had finished its work, so the job completes"
+            else:
+                missing = [r for r in range(self.world) if not done.get(r)]
+                attempt.hang_error = {
+                    "type": "HungAtExit",
+                    "message": f"{hang.why}: {where}; the work of rank(s) {', '.join(map(str, missing))} was not recorded done "
+                    "(no Trainer reached the end of training and the function did not return)",
+                    "rank": missing[0] if missing else None,
+                    "traceback": "",
+                }
+        else:
+            reason = "ProgressTimeout"
+            message = f"{hang.why}; {where} (stacks in {logs_named})"
+            attempt.hang_error = {"type": "ProgressTimeout", "message": message, "rank": None, "traceback": ""}
+        attempt.hang = hang
+        self.store.add_event(
+            self.job_id, reason, message, {"attempt": attempt.number, "ranks": list(frames), "frames": {str(r): f for r, f in frames.items()}, "kind": hang.kind}
+        )
+        print(f"trainjob supervisor: {reason}: {message}", file=sys.stderr, flush=True)
+        self._kill(attempt, [p for r, p in ranks.items() if r in frames and p is not None], signal.SIGKILL, grace=2.0)
+        # The launchers are left: node-0's torchrun agent waits in its exit barrier for minutes.
+        self._end_nodes(attempt, f"{reason}: the supervisor ended hung ranks", signal.SIGKILL)
+
+    def _training_ended(self, attempt: Attempt) -> bool:
+        """True once rank 0 of this attempt reported TrainEnd after its TrainBegin."""
+        begin = self.collector.last_event.get("TrainBegin")
+        end = self.collector.last_event.get("TrainEnd")
+        if not begin or not end or end.get("attempt", attempt.number) != attempt.number:
+            return False
+        return end.get("time", 0) >= begin.get("time", 0)
 
     def _in_training(self, attempt: Attempt) -> bool:
         """True while rank 0 of this attempt is inside ``Trainer.train()`` (it reported TrainBegin, not yet TrainEnd)."""
@@ -383,7 +520,7 @@ class Supervisor:
         found = collect_failures(
             errors, nodes, self.world, attempt.ending_since, rank_log_tail=lambda r: _last_lines(self._read_tail(logs / f"rank-{r}.log", 8192), 20)
         )
-        return summarize(found, attempt.number)
+        return summarize(found, attempt.number, disk_paths=(self.dir.root, self._output_dir()))  # a full disk is named
 
     @staticmethod
     def _read_tail(path: Path, nbytes: int) -> str:
@@ -398,7 +535,7 @@ class Supervisor:
 
     def _clear_attempt_files(self) -> None:
         """Forget the failed attempt's run state (its logs stay in logs/attempt-K/)."""
-        for sub in (contract.ERRORS_DIR, contract.PIDS_DIR):
+        for sub in (contract.ERRORS_DIR, contract.PIDS_DIR, contract.DONE_DIR):
             for f in (self.dir.run_dir / sub).glob("*.json"):
                 f.unlink(missing_ok=True)
         (self.dir.run_dir / contract.RESULT_FILE).unlink(missing_ok=True)
@@ -424,7 +561,7 @@ class Supervisor:
         if self._stopping():
             if ok and data.get("completed"):
                 return None
-            return JobStatus.STOPPED, f"{self._stop_reason()}{where}", None
+            return self._stopped_outcome(where)
         if ok and data.get("stopped") and not data.get("completed"):
             return JobStatus.STOPPED, f"a rank received SIGTERM (preemption?) and training stopped{where}", None
         return None
@@ -442,10 +579,27 @@ class Supervisor:
         return (self.dir.run_dir / contract.STOP_FILE).exists()
 
     def _stopping(self) -> bool:
-        return self.stop_requested or self._stop_file_present()
+        return self.stop_requested or self._stop_file_present() or self._deadline_passed()
+
+    def _deadline_passed(self) -> bool:
+        """``active_deadline_seconds`` counted from the job's creation (as Kubernetes counts from its start)."""
+        if not self.deadline_exceeded:
+            limit = self.spec.get("active_deadline_seconds")
+            if limit and time.time() - self.created_at >= limit:
+                self.deadline_exceeded = True
+        return self.deadline_exceeded
 
     def _stop_reason(self) -> str:
+        if self.deadline_exceeded:
+            return f"DeadlineExceeded: the job ran past active_deadline_seconds={self.spec['active_deadline_seconds']}"
         return "stopped by SIGTERM to the supervisor" if self.stop_requested else "stopped on request"
+
+    def _stopped_outcome(self, where: str) -> tuple[JobStatus, str, dict | None]:
+        """The outcome of a job ended by a stop: ``Stopped``, or ``Failed`` when the stop was its deadline."""
+        message = self._stop_reason() + (where if where[:1] in (" ", ";") else f" {where}")
+        if self.deadline_exceeded:
+            return JobStatus.FAILED, message, {"type": "DeadlineExceeded", "message": message, "rank": None, "traceback": ""}
+        return JobStatus.STOPPED, message, None
 
     # ---- outcome -----------------------------------------------------------------------
     def _output_dir(self) -> str | None:
@@ -461,6 +615,8 @@ class Supervisor:
         changed = self.store.transition(self.job_id, status, message=message, error=error, result=result)
         if changed:
             reason = {JobStatus.COMPLETE: "Completed", JobStatus.FAILED: "Failed", JobStatus.STOPPED: "Stopped"}[status]
+            if error and error.get("type") == "DeadlineExceeded":
+                reason = "DeadlineExceeded"  # Kubeflow's reason for this failure
             self.store.add_event(self.job_id, reason, message or f"job {status.value.lower()}", {"error": error} if error else {})
         return 0 if status == JobStatus.COMPLETE else 1
 
