@@ -340,13 +340,6 @@ def never_returns_on(rank: int = 1):
     return int(os.environ.get("RANK", 0))
 
 
-def sleep_forever():
-    import time
-
-    while True:
-        time.sleep(1)
-
-
 def tiny_hanging(hang_at_step: int = 3, **kw):
     """The tiny Trainer job, stuck for ever inside step ``hang_at_step`` (a callback that never returns)."""
     import time
@@ -359,3 +352,15 @@ def tiny_hanging(hang_at_step: int = 3, **kw):
                 time.sleep(1)
 
     return tiny(callbacks=[Stuck()], **kw)
+
+
+def tiny_stopping_early(stop_at: int = 7, **kw):
+    """The tiny Trainer job whose own callback ends training at ``stop_at`` (as EarlyStoppingCallback does)."""
+    from transformers import TrainerCallback
+
+    class StopEarly(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= stop_at:
+                control.should_training_stop = True
+
+    return tiny(callbacks=[StopEarly()], **kw)

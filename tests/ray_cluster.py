@@ -72,25 +72,32 @@ class RayNode:
             return ""
 
     def stop(self, grace: float = 8.0) -> None:
+        # psutil.Process objects, not pids: they refuse to signal a pid that was reused by another
+        # process meanwhile (pid_max is 32768 here and tests start many processes).
         try:
-            tree = [self.proc.pid] + [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+            tree = [psutil.Process(self.proc.pid)] + psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             tree = []
-        _signal_group(self.proc.pid, signal.SIGTERM)
+        self._signal_own_group(signal.SIGTERM)
         try:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            pass
-        _signal_group(self.proc.pid, signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in tree:  # anything that left the group (Ray starts a few helpers in their own sessions)
+            self._signal_own_group(signal.SIGKILL)
             try:
-                psutil.Process(pid).kill()
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for p in tree:  # what is left of the group, and helpers Ray starts in their own sessions
+            try:
+                p.kill()
             except psutil.Error:
                 pass
+
+    def _signal_own_group(self, sig: int) -> None:
+        """Signal the node's process group only while its leader is unreaped (its pid, the group's
+        id, cannot have been given to another process yet)."""
+        if self.proc.returncode is None:
+            _signal_group(self.proc.pid, sig)
 
 
 @dataclass

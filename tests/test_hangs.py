@@ -177,7 +177,7 @@ def test_stop_of_a_job_hung_mid_training_takes_its_stop_grace_not_minutes(client
 
 @pytest.mark.slow
 def test_sigint_to_the_supervisor_ends_every_process_before_the_job_is_failed(client, home):
-    job_id = client.train(CustomTrainer(func=jobs.sleep_forever, num_procs_per_node=2))
+    job_id = client.train(CustomTrainer(func=jobs.sleep_for, num_procs_per_node=2))
     wait_until(lambda: len(list((home / "jobs" / job_id / "run" / "pids").glob("rank-*.json"))) == 2, timeout=120, what="two ranks")
     job = client.get_job(job_id)
     row = client.backend.store.get_job(job_id)

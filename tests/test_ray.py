@@ -234,6 +234,23 @@ def test_stop_saves_at_an_agreed_step(any_client):
     assert [c.name for c in list_checkpoints(result.output_dir)] == [f"checkpoint-{stopped_at}"]  # the old job's folder is untouched
 
 
+def test_active_deadline_saves_and_fails_with_deadline_exceeded(any_client):
+    """Kubeflow's ``ActiveDeadlineSeconds``: a graceful stop at the deadline, then ``Failed``."""
+    trainer = TransformersTrainer(
+        func=jobs.slow_tiny, func_args={"max_steps": 100000, "save_steps": None, "step_delay": 0.05}, active_deadline_seconds=30, stop_grace_seconds=20
+    )
+    job_id = any_client.train(trainer)
+    job = finish(any_client, job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.message.startswith("DeadlineExceeded: the job ran past active_deadline_seconds=30"), job.message
+    assert any_client.get_job_events(job_id)[-1].reason == "DeadlineExceeded"
+    assert any_client.get_job_result(job_id).error["type"] == "DeadlineExceeded"
+    stopping = events(any_client, job_id, "Stopping")[0].message
+    if "agree on a step" in stopping:  # training was under way: the ranks saved where they were
+        assert "newest complete checkpoint: checkpoint-" in job.message
+    ranks_gone(any_client, job_id)
+
+
 def test_restart_resumes_from_the_last_checkpoint(any_client):
     """``max_restarts``: on Ray a Ray Train restart (FailureConfig); the resume is trainjob's on both."""
     trainer = TransformersTrainer(func=jobs.fails_once_at, func_args={"fail_at": 15, "rank": 1, "max_steps": 30, "save_steps": 10}, num_procs_per_node=2, max_restarts=1)
@@ -330,13 +347,47 @@ def _package_and_env():
 def test_packages_env_and_return_value(ray_client, tmp_path):
     """``packages_to_install`` -> Ray's uv runtime env; ``env`` reaches the workers; secrets are masked in the spec."""
     wheel = _wheel(tmp_path)
-    job_id = ray_client.train(CustomTrainer(func=_package_and_env, packages_to_install=[str(wheel)], env={"MY_FLAG": "on", "MY_TOKEN": "s3cret"}))
+    job_id = ray_client.train(CustomTrainer(func=_package_and_env, packages_to_install=[f"tjraypkg @ {wheel.as_uri()}"], env={"MY_FLAG": "on", "MY_TOKEN": "s3cret"}))
     job = ray_client.wait_for_job_completion(job_id, timeout=480)
     value = ray_client.get_job_result(job_id).return_value
     assert value["value"] == 7 and "runtime_resources" in value["file"]  # installed in Ray's environment for the job
     assert (value["flag"], value["secret"]) == ("on", "s3cret")
     assert job.spec["env"] == {"MY_FLAG": "on", "MY_TOKEN": "******"}
     assert "s3cret" not in json.dumps(job.spec)
+
+
+SECRET_SCRIPT = """
+import json, os, sys
+with open("received.json", "w") as f:
+    json.dump({"token": os.environ.get("MY_TOKEN"), "flag": os.environ.get("MY_FLAG"), "argv": sys.argv[1:]}, f)
+raise RuntimeError("rejected token " + os.environ["MY_TOKEN"])
+"""
+
+
+def test_secrets_stay_out_of_rays_runtime_env(ray_client, cluster, tmp_path):
+    """Ray's dashboard shows a job's runtime_env to anyone: secret env values and script arguments
+    reach the ranks through trainjob's own GCS key instead, and trainjob's records mask them."""
+    import urllib.request
+
+    secret, arg_secret = "ray-env-secret-4k2", "ray-arg-secret-9p1"
+    script = tmp_path / "secret_job.py"
+    script.write_text(SECRET_SCRIPT)
+    job_id = ray_client.train(CustomTrainer(script=str(script), script_args=["--hf_token", arg_secret, "--lr", "1"], env={"MY_TOKEN": secret, "MY_FLAG": "on"}))
+    with pytest.raises(JobFailedError):
+        ray_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
+    result = ray_client.get_job_result(job_id)
+    received = json.loads(Path(result.output_dir, "received.json").read_text())
+    assert received == {"token": secret, "flag": "on", "argv": ["--hf_token", arg_secret, "--lr", "1"]}
+    with urllib.request.urlopen(f"{cluster.dashboard}/api/jobs/{job_id}", timeout=10) as r:
+        ray_record = r.read().decode()
+    assert '"MY_FLAG": "on"' in ray_record.replace('":"', '": "') and secret not in ray_record and arg_secret not in ray_record
+    assert result.error["message"] == "rejected token ******"
+    shown = json.dumps([repr(ray_client.get_job(job_id)), [repr(e) for e in ray_client.get_job_events(job_id)], repr(result)])
+    assert secret not in shown and arg_secret not in shown
+    # Index credentials cannot be kept out of Ray's runtime_env: refused, the URL masked in the message.
+    with pytest.raises(ValidationError) as e:
+        ray_client.train(CustomTrainer(func=jobs.quick_value, packages_to_install=["peft"], pip_index_urls=["https://bob:idx-pass-7@pypi.example/simple"]))
+    assert e.value.fields == ["pip_index_urls[0]"] and "idx-pass-7" not in str(e.value) and "netrc" in str(e.value)
 
 
 def test_every_address_form_sees_the_same_jobs(ray_client, cluster, monkeypatch):

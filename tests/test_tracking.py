@@ -162,3 +162,12 @@ def test_wait_with_progress_bar(client, capsys):
     assert job.status == "Complete"
     out = capsys.readouterr().out
     assert job_id in out and "step 60/60" in out and "100%" in out
+
+
+def test_training_stopped_early_by_user_code_ends_with_no_time_left(client):
+    job_id = _run(client, jobs.tiny_stopping_early, func_args={"stop_at": 7, "max_steps": 50})
+    p = client.get_job_progress(job_id)
+    assert p["currentStep"] == 7 and p["totalSteps"] == 50 and p["progressPercentage"] == 14
+    assert p["estimatedRemainingSeconds"] == 0 and p["estimatedRemainingTimeSummary"] == "0 seconds"
+    end = next(e for e in client.get_job_events(job_id) if e.reason == "TrainEnd")
+    assert end.data["completed"] is False and end.data["global_step"] == 7

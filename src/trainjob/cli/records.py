@@ -19,6 +19,8 @@ from trainjob.types import Event, JobStatus, Result, TrainJob
 
 # Keys of a logged entry that are bookkeeping, not metrics.
 BOOKKEEPING_KEYS = ("step", "epoch", "time", "attempt")
+# A Running job whose newest progress is older than this is shown as "no step for N" (CLI, dashboard).
+STALL_AFTER_SECONDS = 120
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -94,10 +96,27 @@ def job_record(job: TrainJob, progress: dict[str, Any] | None = None) -> dict[st
                 for s in job.steps
             ],
             "progress": progress,
+            "no_step_for_seconds": no_step_for(job.status, progress),
             "spec": job.spec,
             "job_dir": job.job_dir,
         }
     )
+
+
+def no_step_for(status: JobStatus, progress: dict[str, Any] | None, now: datetime | None = None) -> int | None:
+    """Seconds since a Running job last reported a step, once that is over ``STALL_AFTER_SECONDS``; else None.
+
+    Read from the progress's own ``lastUpdatedTime`` (written by rank 0 as steps complete), so it
+    means the same on every backend. A job with no step yet is not judged (loading may take long).
+    """
+    if status != JobStatus.RUNNING or not progress or not progress.get("lastUpdatedTime"):
+        return None
+    try:
+        updated = datetime.fromisoformat(str(progress["lastUpdatedTime"]).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    age = ((now or datetime.now(timezone.utc)) - updated).total_seconds()
+    return int(age) if age >= STALL_AFTER_SECONDS else None
 
 
 def event_record(event: Event) -> dict[str, Any]:

@@ -41,6 +41,14 @@ def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
+def status_cell(job: dict[str, Any]) -> Text:
+    """The status for a listing: with the queue position, or a warning when no step came for long."""
+    text = status_text(job["status"] + (f" #{job['queue_position']}" if job.get("queue_position") else ""))
+    if job.get("no_step_for_seconds"):
+        text.append(f" (no step for {fmt_duration(job['no_step_for_seconds'])})", style="bold yellow")
+    return text
+
+
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -142,7 +150,7 @@ def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
         t.add_row(
             j["id"],
             escape(j["name"]) if j["name"] != j["id"] else "",
-            status_text(j["status"] + (f" #{j['queue_position']}" if j.get("queue_position") else "")),
+            status_cell(j),
             f"{pct}%" if pct is not None else "-",
             f"{step}/{p.get('totalSteps') or '?'}" if step is not None else "-",
             fmt_num((p.get("trainMetrics") or {}).get("loss")),
@@ -163,7 +171,7 @@ def job_detail(job: dict[str, Any], error: dict[str, Any] | None = None) -> Grou
     rows: list[tuple[str, Any]] = [
         ("id", job["id"]),
         ("name", escape(job["name"])),
-        ("status", status_text(job["status"])),
+        ("status", status_cell({**job, "queue_position": None})),
         ("message", escape(job["message"]) if job.get("message") else None),
         ("queue position", job.get("queue_position")),
         ("runs", escape(job["entrypoint"])),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -38,6 +39,10 @@ FLAG_FOR_FIELD = {
     "func": "TARGET",
     "func_args": "KEY=VALUE",
     "name": "--name",
+    "progress_timeout": "--progress-timeout",
+    "active_deadline_seconds": "--deadline",
+    "stop_grace_seconds": "--stop-grace",
+    "exit_grace_seconds": "--exit-grace",
 }
 
 RUN_HELP = """Submit a training job: a script, a module (-m) or a function reference.
@@ -66,7 +71,7 @@ def run(
     memory: Annotated[Optional[str], typer.Option("--memory", help="Memory per node: 16Gi, 512Mi, 16G or bytes.", show_default=False)] = None,
     pkg: Annotated[Optional[list[str]], typer.Option("--pkg", help="A pip requirement to install for this job (repeatable): --pkg peft --pkg 'trl==1.16.0'.", show_default=False)] = None,
     index_url: Annotated[Optional[list[str]], typer.Option("--index-url", help="Package index URL (repeatable): the first is the index, the others extra indexes.", show_default=False)] = None,
-    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="Environment variable for the job, KEY=VALUE (repeatable). Secret-looking names are masked in listings.", show_default=False)] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="Environment variable for the job, KEY=VALUE, or KEY alone to pass this shell's value (keeps a secret out of `ps`). Repeatable. Secrets are masked in everything trainjob shows.", show_default=False)] = None,
     max_restarts: Annotated[int, typer.Option("--max-restarts", help="Restart after a failure up to N times, resuming from the last complete checkpoint.")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Turn progress tracking off: nothing is injected into the job, no metrics endpoint.")] = False,
     name: Annotated[Optional[str], typer.Option("--name", help="A name to find the job by (default: its id).", show_default=False)] = None,
@@ -74,6 +79,10 @@ def run(
     custom_metric: Annotated[Optional[list[str]], typer.Option("--custom-metric", help="Expose a logged value: LOGGED=EXPOSED (repeatable); an EXPOSED name starting with eval_ counts as an eval metric.", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Id of a stopped or failed job to continue from its newest complete checkpoint.", show_default=False)] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream logs and progress until the job ends; the exit code is its outcome.")] = False,
+    progress_timeout: Annotated[Optional[float], typer.Option("--progress-timeout", help="Fail the attempt (stacks in the rank logs) when no training step completes for this many seconds after training began; --max-restarts retries it. Default: off.", show_default=False)] = None,
+    deadline: Annotated[Optional[int], typer.Option("--deadline", help="active_deadline_seconds: past this many seconds from submission the job saves a checkpoint and fails with DeadlineExceeded.", show_default=False)] = None,
+    stop_grace: Annotated[float, typer.Option("--stop-grace", help="Seconds ranks get to save and end after a stop or the deadline, before SIGTERM.")] = 60.0,
+    exit_grace: Annotated[float, typer.Option("--exit-grace", help="Seconds the other ranks get to exit once one exited with its work done; then they are ended as hung.")] = 30.0,
     output: OutputOpt = Output.table,
 ) -> None:
     script_args = list(args or [])
@@ -83,6 +92,7 @@ def run(
         target=target, args=script_args, module=module, nodes=nodes, procs_per_node=procs_per_node, cpu=cpu, gpu=gpu,
         memory=memory, pkg=pkg, index_url=index_url, env=env, max_restarts=max_restarts, tracking=not no_progress,
         metrics_port=metrics_port, custom_metric=custom_metric,
+        lifecycle={"progress_timeout": progress_timeout, "active_deadline_seconds": deadline, "stop_grace_seconds": stop_grace, "exit_grace_seconds": exit_grace},
     )  # fmt: skip
     c = common.client()
     if resume:
@@ -109,10 +119,11 @@ def build_trainer(
     *, target: str | None, args: list[str], module: str | None, nodes: int, procs_per_node: int | None, cpu: str | None,
     gpu: int | None, memory: str | None, pkg: list[str] | None, index_url: list[str] | None, env: list[str] | None,
     max_restarts: int, tracking: bool, metrics_port: int, custom_metric: list[str] | None,
+    lifecycle: dict[str, Any] | None = None,
 ) -> TransformersTrainer:  # fmt: skip
     """Flags -> a validated ``TransformersTrainer``; every problem (flags and spec) is reported at once."""
     problems: list[Problem] = []
-    env_vars, p = common.parse_pairs(env, "--env", "HF_HUB_OFFLINE=1")
+    env_vars, p = _env_pairs(env)
     problems += p
     customs, p = common.parse_pairs(custom_metric, "--custom-metric", "my_f1=eval_custom_f1")
     problems += p
@@ -154,6 +165,7 @@ def build_trainer(
             enable_progression_tracking=tracking,
             metrics_port=metrics_port,
             custom_metrics=customs or None,
+            **{k: v for k, v in (lifecycle or {}).items() if v is not None},
             **kw,
         )
     except ValidationError as e:
@@ -164,6 +176,19 @@ def build_trainer(
     if problems or trainer is None:
         raise CliExit(EXIT_USAGE, common.validation_message(ValidationError(problems, "job"), FLAG_FOR_FIELD))
     return trainer
+
+
+def _env_pairs(values: list[str] | None) -> tuple[dict[str, str], list[Problem]]:
+    """``--env K=V`` as given, ``--env K`` with this process's value of K (so a secret need not be
+    typed on a command line that others can read with ``ps``)."""
+    given = [v for v in values or [] if "=" in v]
+    pairs, problems = common.parse_pairs(given, "--env", "HF_HUB_OFFLINE=1")
+    for name in (v for v in values or [] if "=" not in v):
+        if name in os.environ:
+            pairs[name] = os.environ[name]
+        else:
+            problems.append(Problem("--env", name, f"KEY=VALUE, or KEY alone for a variable set here ({name} is not set in this shell)"))
+    return pairs, problems
 
 
 def _func_args(args: list[str]) -> tuple[dict[str, Any], list[Problem]]:

@@ -21,10 +21,10 @@ from typing import Any
 from trainjob import contract
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.state import KV, EventWriter, Keys, dumps, last_event, read_events, read_metrics
-from trainjob.backends.ray.worker import describe_error, error_record, root_cause
+from trainjob.backends.ray.worker import describe_error, error_record, job_secret_values, root_cause
 from trainjob.types import JobStatus
 
-STOP_GRACE = 300.0  # seconds ranks get to save a checkpoint and end after a stop request
+STOP_GRACE = 60.0  # default stop_grace_seconds: ranks get this long to save a checkpoint and end after a stop
 MONITOR_INTERVAL = 0.5
 
 
@@ -43,11 +43,12 @@ class Driver:
         home = Path(record.get("home") or contract.home()).expanduser()
         self.job_dir = (home / "jobs" / job_id).resolve()
         self._finished = threading.Lock()
+        self.deadline_exceeded = False  # active_deadline_seconds passed: the stop that follows is a failure
 
     # ---- lifecycle ----------------------------------------------------------------------
     def run(self) -> int:
-        if self._stop_requested():
-            return self.finish(JobStatus.STOPPED, "stopped on request before it started", None)
+        if self._stop_requested() or self._deadline_passed():
+            return self.finish(*self._stopped(" before it started"))
         try:
             self._prepare_job_dir()
         except OSError as e:
@@ -119,24 +120,47 @@ class Driver:
         not placed yet has nobody to save anything: both are ended at once.
         """
         deadline = None
+        stop_grace = float(self.spec.get("stop_grace_seconds") or STOP_GRACE)
         while True:
             time.sleep(MONITOR_INTERVAL)
             try:
+                if deadline is None and not self._stop_requested() and self._deadline_passed():
+                    # The workers poll the stop key: the deadline is a stop they carry out alike.
+                    self.kv.claim_json(self.keys.stop, {"time": time.time(), "reason": "DeadlineExceeded"})
                 if deadline is None and self._stop_requested():
                     if not self.tracking:
                         grace, how = 0.0, "no Trainer is tracked, so the Ray job ends now"
                     elif not self._ranks_running():
                         grace, how = 0.0, "no rank has started yet, so the Ray job ends now"
                     else:
-                        grace, how = STOP_GRACE, "the ranks agree on a step, save a checkpoint there and end"
-                    self.event("Stopping", f"stopped on request: {how}")
+                        grace, how = stop_grace, "the ranks agree on a step, save a checkpoint there and end"
+                    self.event("Stopping", f"{self._stop_reason()}: {how}")
                     deadline = time.monotonic() + grace
                 if deadline is not None and time.monotonic() >= deadline:
-                    why = "stopped on request" + (f"; the ranks did not end within {STOP_GRACE:g}s, so the Ray job was ended" if grace else "")
-                    self.finish(JobStatus.STOPPED, why, None)
+                    why = "" if not grace else f"; the ranks did not end within stop_grace_seconds={grace:g}, so the Ray job was ended"
+                    self.finish(*self._stopped(why))
                     os._exit(0)  # Ray ends the job's actors (Ray Train's controller and workers) with it
             except Exception as e:  # noqa: BLE001 - keep watching through a GCS hiccup
                 print(f"[trainjob] stop monitor: {e}", file=sys.stderr, flush=True)
+
+    def _deadline_passed(self) -> bool:
+        """``active_deadline_seconds`` counted from the job's creation (as the local backend counts)."""
+        limit = self.spec.get("active_deadline_seconds")
+        if limit and not self.deadline_exceeded and time.time() - float(self.record.get("created_at") or time.time()) >= limit:
+            self.deadline_exceeded = True
+        return self.deadline_exceeded
+
+    def _stop_reason(self) -> str:
+        if self.deadline_exceeded:
+            return f"DeadlineExceeded: the job ran past active_deadline_seconds={self.spec['active_deadline_seconds']}"
+        return "stopped on request"
+
+    def _stopped(self, where: str) -> tuple[JobStatus, str, dict | None]:
+        """The outcome of a stop: ``Stopped``, or ``Failed`` when the stop was the job's deadline."""
+        message = self._stop_reason() + where
+        if self.deadline_exceeded:
+            return JobStatus.FAILED, message, {"type": "DeadlineExceeded", "message": message, "rank": None}
+        return JobStatus.STOPPED, message, None
 
     def _ranks_running(self) -> bool:
         """Whether the latest attempt's ranks have started and it has not failed (else, between
@@ -153,7 +177,7 @@ class Driver:
                 return JobStatus.COMPLETE, None, None
             where = f" at step {end['global_step']}" if end.get("global_step") is not None and end.get("stopped") else ""
             ckpt = self._checkpoints().get("checkpoint")
-            return JobStatus.STOPPED, f"stopped on request{where}" + (f"; newest complete checkpoint: {Path(ckpt).name}" if ckpt else "; no checkpoint was saved"), None
+            return self._stopped(where + (f"; newest complete checkpoint: {Path(ckpt).name}" if ckpt else "; no checkpoint was saved"))
         if exc is None:
             return JobStatus.COMPLETE, None, None
         first = self._first_error(exc)
@@ -174,9 +198,9 @@ class Driver:
         failures = getattr(exc, "worker_failures", None)
         if failures:
             rank, cause = root_cause(failures)
-            return error_record(rank, cause, attempt)
+            return error_record(rank, cause, attempt, job_secret_values(self.kv, self.keys))
         inner = getattr(exc, "controller_failure", None)
-        return error_record(None, inner if isinstance(inner, BaseException) else exc, attempt)
+        return error_record(None, inner if isinstance(inner, BaseException) else exc, attempt, job_secret_values(self.kv, self.keys))
 
     def _checkpoints(self) -> dict[str, Any]:
         return checkpoints_of(self.kv, self.keys)
@@ -237,6 +261,8 @@ def record_outcome(kv: KV, keys: Keys, event: EventWriter, status: JobStatus, me
     if not kv.claim_json(keys.outcome, outcome):
         return False
     reason = {JobStatus.COMPLETE: "Completed", JobStatus.FAILED: "Failed", JobStatus.STOPPED: "Stopped"}[status]
+    if error and error.get("type") == "DeadlineExceeded":
+        reason = "DeadlineExceeded"  # Kubeflow's reason for this failure
     event(reason, message or f"job {status.value.lower()}", {"error": error} if error else {})
     return True
 
