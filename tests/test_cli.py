@@ -252,6 +252,10 @@ def test_invalid_spec_exits_2_and_leaves_nothing(fresh, tmp_path):
     bad_kw = cli(fresh, "run", "trainjob.demo:train_tiny_gpt2", "max_steps", cwd=tmp_path)
     assert bad_kw.returncode == 2 and "max_steps" in bad_kw.stderr
     assert cli(fresh, "run", "--nodes", "two", "train.py", cwd=tmp_path).returncode == 2  # typer's own check
+    lifecycle = cli(fresh, "run", "--progress-timeout", "0", "--deadline", "-5", "--stop-grace", "0", "--no-progress", "train.py", cwd=tmp_path)
+    assert lifecycle.returncode == 2
+    for flag in ("--progress-timeout", "--deadline", "--stop-grace"):
+        assert re.search(rf"^  - {re.escape(flag)}\b", lifecycle.stderr, re.M), (flag, lifecycle.stderr)
     # Nothing was created: no job row, no job folder.
     assert cli_json(fresh, "ls") == []
     jobs_dir = fresh / "jobs"
@@ -264,7 +268,8 @@ def test_help_explains_every_flag(fresh):
         assert re.search(rf"\b{verb}\b", top), verb
     run_help = cli(fresh, "run", "--help", check_rc=0).stdout
     for flag in ("--nodes", "--procs-per-node", "--cpu", "--gpu", "--memory", "--pkg", "--index-url", "--env", "--max-restarts",
-                 "--no-progress", "--name", "--metrics-port", "--custom-metric", "--follow", "--module", "--output"):  # fmt: skip
+                 "--no-progress", "--name", "--metrics-port", "--custom-metric", "--follow", "--module", "--output",
+                 "--progress-timeout", "--deadline", "--stop-grace", "--exit-grace"):  # fmt: skip
         assert flag in run_help, flag
     logs_help = cli(fresh, "logs", "--help", check_rc=0).stdout
     assert "--rank" in logs_help and "--node" in logs_help and "--follow" in logs_help
@@ -420,3 +425,21 @@ def test_plot_panels_restarts_and_empty(tmp_path):
     with pytest.raises(NoMetricsError, match="no metrics"):
         plot_metrics([{"step": 1, "epoch": 0.1, "train_runtime": 3.0}], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_running_job_with_no_recent_step_is_flagged(tmp_path):
+    """``no step for N``: from the progress's own lastUpdatedTime, only for Running jobs, only after 2 minutes."""
+    from datetime import datetime, timedelta, timezone
+
+    from trainjob.cli.records import no_step_for
+    from trainjob.cli.render import status_cell
+    from trainjob.types import JobStatus
+
+    now = datetime(2026, 12, 5, 10, 0, 0, tzinfo=timezone.utc)
+    old = {"lastUpdatedTime": (now - timedelta(seconds=185)).isoformat().replace("+00:00", "Z")}
+    fresh_progress = {"lastUpdatedTime": (now - timedelta(seconds=30)).isoformat().replace("+00:00", "Z")}
+    assert no_step_for(JobStatus.RUNNING, old, now) == 185
+    assert no_step_for(JobStatus.RUNNING, fresh_progress, now) is None
+    assert no_step_for(JobStatus.COMPLETE, old, now) is None and no_step_for(JobStatus.RUNNING, None, now) is None
+    cell = status_cell({"status": "Running", "queue_position": None, "no_step_for_seconds": 185})
+    assert cell.plain == "Running (no step for 3m05s)"

@@ -140,6 +140,7 @@ def test_progress_timeout_fails_a_stalled_attempt_and_the_restart_completes(clie
     assert reasons.index("ProgressTimeout") < reasons.index("Restarting")
     stalled = next(e for e in client.get_job_events(job_id) if e.reason == "ProgressTimeout")
     assert "no training step completed for" in stalled.message and "progress_timeout=6s" in stalled.message
+    assert "rank 0 was in " in stalled.message  # its stacks could be read although it was stopped
     assert not psutil.pid_exists(rank0.pid) or rank0.status() == psutil.STATUS_ZOMBIE
 
 

@@ -134,6 +134,11 @@ def dump_stacks(pid: int, log: Path, python: str | None = None) -> str | None:
     """
     before = _size(log)
     try:
+        if _stopped(pid):
+            # SIGSTOPped (a debugger, a job-control stop): it could run neither faulthandler nor be
+            # attached to. It is about to be ended anyway, so let it run for its dump.
+            _append(log, f"\n--- pid {pid} was stopped (SIGSTOP); the trainjob supervisor sent SIGCONT to read its stacks ---\n")
+            os.kill(pid, signal.SIGCONT)
         os.kill(pid, getattr(signal, contract.STACK_DUMP_SIGNAL))
     except (ProcessLookupError, PermissionError, AttributeError):
         return None
@@ -148,6 +153,15 @@ def dump_stacks(pid: int, log: Path, python: str | None = None) -> str | None:
         _append(log, f"\n--- native stacks of pid {pid} (py-spy dump --native), written by the trainjob supervisor ---\n{native}\n")
         native_frame = top_native_frame(native)
     return native_frame or python_frame
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        import psutil
+
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except Exception:  # noqa: BLE001 - psutil missing or the process gone: treat as running
+        return False
 
 
 def _py_spy(pid: int, python: str | None) -> str | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainjob.backends.base import Backend
-from trainjob.backends.records import build_result, load_return_value, utc
+from trainjob.backends.records import build_result, load_return_value, parse_log_step, utc
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.jobs_api import JobsAPI, JobsAPIError, RayJob
 from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
@@ -33,7 +33,8 @@ from trainjob.config import RayBackendConfig
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, SerializationError, ValidationError
 from trainjob.payload import dumps_payload
 from trainjob.resources import format_bytes
-from trainjob.trainers import CustomTrainer, mask_env
+from trainjob.masking import mask_spec, mask_url, split_spec
+from trainjob.trainers import CustomTrainer
 from trainjob.types import Event, JobStatus, Result, Step, TrainJob
 
 FOLLOW_INTERVAL = 1.0  # seconds between log polls with follow=True
@@ -166,16 +167,24 @@ class RayBackend(Backend):
     def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None) -> str:
         from trainjob.backends.local.backend import new_job_id
 
+        if getattr(trainer, "progress_timeout", None) is not None:
+            # Ray Train owns its workers: nothing here could dump and end a stalled one.
+            raise ValidationError([Problem("progress_timeout", trainer.progress_timeout, "None on the Ray backend (a local-backend feature; use active_deadline_seconds to bound a job)")], "train()")
         conn = self.conn
         if resume_from is not None:
             self._check_resume_source(resume_from)
         spec = trainer.to_spec()
         if self.config.check_resources:
             self._check_resources(trainer, spec)
+        _check_no_index_credentials(spec)
         job_id = new_job_id()
         keys = Keys(job_id)
-        spec.update({"env": mask_env(trainer.env or {}), "name": name or job_id, "resume_from": resume_from})
-        runtime_env = plan.runtime_env(spec, trainer.env, self.config.installer, plan.working_dir(spec, self.config.working_dir))
+        spec.update({"env": dict(trainer.env or {}), "name": name or job_id, "resume_from": resume_from})
+        # The record (and Ray's runtime_env, which Ray's dashboard shows) get the masked spec;
+        # the real values of masked fields travel in their own GCS key, read by the ranks.
+        spec, hidden = split_spec(spec)
+        public_env = {k: v for k, v in (trainer.env or {}).items() if spec["env"].get(k) == v}
+        runtime_env = plan.runtime_env(spec, public_env, self.config.installer, plan.working_dir(spec, self.config.working_dir))
         record = {
             "id": job_id,
             "name": name or job_id,
@@ -190,6 +199,8 @@ class RayBackend(Backend):
         try:
             if payload is not None:
                 kv.put(keys.payload, payload)
+            if hidden:
+                kv.put_json(keys.secrets, hidden)
             kv.put_json(keys.job, record)
             EventWriter(kv, keys, "cli")(
                 "Created", f"job created ({spec['trainer']}, {spec['entrypoint']}) on Ray at {conn.dashboard}" + (f", resuming {resume_from}" if resume_from else "")
@@ -560,7 +571,7 @@ class RayBackend(Backend):
             attempt=snap.attempt,
             steps=steps,
             message=snap.message,
-            spec=spec,
+            spec=mask_spec(spec),  # stored masked; masked again for records written before the rules grew
             job_dir=Path(snap.driver["job_dir"]) if (snap.driver or {}).get("job_dir") else None,
         )
 
@@ -591,14 +602,9 @@ def _checked_payload(trainer: CustomTrainer) -> bytes:
 # ---- logs ------------------------------------------------------------------------------------
 def _log_sources(step: str, nodes: int, world: int):
     """Which logs make up ``step``: a callable (backend, job_id) -> [(source, line prefix)]."""
-    if step in ("driver", "supervisor"):
+    kind, k = parse_log_step(step, nodes, world, ("driver", "supervisor"))
+    if kind in ("driver", "supervisor"):
         return lambda backend, job_id: [(f"driver:{job_id}", "")]
-    kind, _, num = step.partition("-")
-    limit = nodes if kind == "node" else world
-    if kind not in ("node", "rank") or not num.isdigit() or int(num) >= limit:
-        choices = [f"node-{i}" for i in range(nodes)] + [f"rank-{r}" for r in range(world)] + ["driver"]
-        raise ValidationError([Problem("step", step, f"one of {', '.join(choices)}")], "get_job_logs()")
-    k = int(num)
 
     def select(backend: RayBackend, job_id: str) -> list[tuple[str, str]]:
         out = []
@@ -665,6 +671,24 @@ def _dashboard_of(kv: KV, cluster_host: str) -> str:
     if host in ("0.0.0.0", "::", "[::]", ""):
         host = cluster_host
     return f"http://{host}:{port}"
+
+
+def _check_no_index_credentials(spec: dict[str, Any]) -> None:
+    """Refuse URL credentials in ``pip_index_urls``/``packages_to_install`` on Ray.
+
+    Ray installs a job's packages from its ``runtime_env``, which Ray's dashboard shows to anyone
+    who can open it; there is no private channel to Ray's installer. Credentials belong on the
+    nodes instead, where uv finds them without any URL carrying them.
+    """
+    problems = [
+        Problem(f"{name}[{i}]", url, "a URL without credentials on Ray (Ray's dashboard shows a job's runtime_env): put them in a netrc file "
+                "(~/.netrc, or $NETRC) on every node, or in the nodes' UV_INDEX_URL when they start Ray; the local backend passes them to uv privately")
+        for name in ("pip_index_urls", "packages_to_install")
+        for i, url in enumerate(spec.get(name) or [])
+        if isinstance(url, str) and mask_url(url) != url
+    ]  # fmt: skip
+    if problems:
+        raise ValidationError(problems, "TrainerClient(RayBackendConfig).train()")
 
 
 # ---- payload ---------------------------------------------------------------------------------
