@@ -120,10 +120,11 @@ def main() -> None:
             rows.append(("baseline: python -m venv + pip install", f"{t_venv + t_pip:.2f}", "-", 1))
             print("baseline: uv venv + uv pip install (not layered, uv cache cold) ...", flush=True)
             plan = envs.plan_for(args.packages, None)
-            uv_env = {**env, "UV_CACHE_DIR": str(work / "uv-cache-baseline")}
+            index_args, index_env = plan.index_options()
+            uv_env = {**env, **index_env, "UV_CACHE_DIR": str(work / "uv-cache-baseline")}
             uvenv = work / "uv-venv"
             t_uv = _timed([envs.find_uv(), "venv", "--quiet", "--python", sys.executable, str(uvenv)], uv_env)
-            uv_install = [envs.find_uv(), "pip", "install", "--quiet", "--python", str(uvenv / "bin" / "python"), *plan.index_args(), "-c", str(pins), *args.packages]
+            uv_install = [envs.find_uv(), "pip", "install", "--quiet", "--python", str(uvenv / "bin" / "python"), *index_args, "-c", str(pins), *args.packages]
             t_uv += _timed(uv_install, uv_env)
             rows.append(("baseline: uv venv + uv pip install, not layered (uv cache cold)", f"{t_uv:.2f}", "-", 1))
             sizes = f"; full pip venv {_du(venv) / 2**20:.0f} MiB, full uv venv {_du(uvenv) / 2**20:.0f} MiB"

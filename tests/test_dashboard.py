@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -36,7 +36,11 @@ CHROMIUM_ARGS = [
 
 # ---- helpers --------------------------------------------------------------------------------
 class Dashboard:
-    """A `trainjob dashboard` process on 127.0.0.1 and a free port, ended by SIGINT."""
+    """A `trainjob dashboard` process on 127.0.0.1 and a free port, ended by SIGINT.
+
+    ``token``: the token from the URL the command printed (None with --no-auth); ``request``
+    sends it unless told not to (``token=False``) or given credentials of its own.
+    """
 
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, "TRAINJOB_HOME": str(home), **(env or {})}
@@ -48,14 +52,20 @@ class Dashboard:
         if not line.startswith("http://"):
             self.close()
             raise AssertionError(f"dashboard did not start: {line!r} {self.proc.stderr.read()}")
+        self.printed = line
         self.url = line.split("?")[0]
-        parts = urlsplit(self.url)
+        parts = urlsplit(line)
         self.host, self.port = parts.hostname, parts.port
+        self.token = parse_qs(parts.query).get("token", [None])[0]
 
-    def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None, token: bool = True) -> tuple[int, dict[str, str], bytes]:
+        headers = dict(headers or {})
+        own = {k.lower() for k in headers} & {"authorization", "x-trainjob-token", "cookie"}
+        if token and self.token and not own:
+            headers["Authorization"] = f"Bearer {self.token}"
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
-            conn.request(method, path, headers=headers or {})
+            conn.request(method, path, headers=headers)
             r = conn.getresponse()
             return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
         finally:
@@ -97,37 +107,69 @@ def test_is_loopback(host, expected):
     assert is_loopback(host) is expected
 
 
-def test_config_requires_token_beyond_loopback():
-    with pytest.raises(ValueError, match="--token"):
-        DashboardConfig(host="0.0.0.0")
+def test_config_token_rules():
+    assert DashboardConfig(host="0.0.0.0").token  # generated, as on loopback
     with pytest.raises(ValueError, match="at least 8 characters"):
         DashboardConfig(host="0.0.0.0", token="short")
     assert DashboardConfig(host="0.0.0.0", token="a-long-enough-token").token == "a-long-enough-token"
     assert DashboardConfig().host == "127.0.0.1" and DashboardConfig().port == 8686
 
 
-def test_command_refuses_public_bind_without_token(home):
-    env = {k: v for k, v in os.environ.items() if k != "TRAINJOB_DASHBOARD_TOKEN"}
-    proc = subprocess.run([*COMMAND, "dashboard", "--host", "0.0.0.0", "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "not a loopback address" in proc.stderr and "--token" in proc.stderr
-    assert proc.stdout == ""  # never announced, never listened
+def test_loopback_needs_the_token_printed_at_start(home):
+    """On a shared machine every user reaches 127.0.0.1: a token is generated per start (as Jupyter does)."""
+    env = {"TRAINJOB_DASHBOARD_TOKEN": ""}  # unset: a generated one
+    d = Dashboard(home, env=env)
+    try:
+        assert d.host == "127.0.0.1" and d.token and len(d.token) >= 24
+        for path in ("/", "/api/jobs", "/api/jobs/abcdefghijkl/logs", "/static/job.js"):
+            status, _, body = d.request("GET", path, token=False)
+            assert status == 401 and json.loads(body)["reason"] == "token", path
+        assert d.request("GET", "/api/jobs")[0] == 200
+    finally:
+        d.close()
+    again = Dashboard(home, env=env)
+    try:
+        assert again.token != d.token  # a new one per start
+        assert again.request("GET", "/api/jobs", {"Authorization": f"Bearer {d.token}"})[0] == 401
+    finally:
+        again.close()
+
+
+def test_no_auth_is_explicit_and_loopback_only(home):
+    d = Dashboard(home, "--no-auth", env={"TRAINJOB_DASHBOARD_TOKEN": ""})
+    try:
+        assert d.token is None and "?" not in d.printed
+        assert d.request("GET", "/api/jobs")[0] == 200
+    finally:
+        d.close()
+    for args, env, says in (
+        (["--no-auth", "--host", "0.0.0.0"], {}, "not a loopback address"),
+        (["--no-auth"], {"TRAINJOB_DASHBOARD_TOKEN": "a-long-enough-token"}, "contradict"),
+    ):
+        full = {**{k: v for k, v in os.environ.items() if k != "TRAINJOB_DASHBOARD_TOKEN"}, **env}
+        proc = subprocess.run([*COMMAND, "dashboard", "--port", "0", *args], env=full, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and says in proc.stderr and proc.stdout == "", (args, proc.stderr)
+    with pytest.raises(ValueError, match="not a loopback"):
+        DashboardConfig(host="0.0.0.0", no_auth=True)
+    assert DashboardConfig(no_auth=True).token is None
+    assert DashboardConfig().token != DashboardConfig().token
 
 
 def test_token_is_checked_on_every_request(home):
     token = "tok-" + "x" * 20
     d = Dashboard(home, env={"TRAINJOB_DASHBOARD_TOKEN": token})
     try:
+        assert d.token == token  # the given token, not a generated one
         for path in ("/", "/api/jobs", "/static/job.js", "/api/session"):
-            status, headers, body = d.request("GET", path)
+            status, headers, body = d.request("GET", path, token=False)
             assert status == 401, path
         assert json.loads(body)["reason"] == "token"
         assert d.request("GET", "/api/jobs", {"Authorization": f"Bearer {token}"})[0] == 200
         assert d.request("GET", "/api/jobs", {"X-Trainjob-Token": token})[0] == 200
         assert d.request("GET", "/api/jobs", {"Authorization": "Bearer wrong-token-value"})[0] == 401
-        assert d.request("GET", "/?token=wrong-token-value")[0] == 401
+        assert d.request("GET", "/?token=wrong-token-value", token=False)[0] == 401
         # Opening the printed link sets an HttpOnly cookie and drops the token from the URL.
-        status, headers, _ = d.request("GET", f"/jobs/abcdefghijkl?token={token}")
+        status, headers, _ = d.request("GET", f"/jobs/abcdefghijkl?token={token}", token=False)
         assert status == 303 and headers["location"] == "/jobs/abcdefghijkl"
         cookie = headers["set-cookie"]
         assert cookie.startswith(f"trainjob_token={token}") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
@@ -168,10 +210,11 @@ def test_api_serves_a_finished_job(client, dashboard):
 
     logs = d.get_json(f"/api/jobs/{job_id}/logs")
     assert logs["step"] == "node-0" and logs["steps"] == ["node-0", "supervisor"]
-    assert any("'loss':" in line for line in logs["lines"]) and logs["next"] == logs["total"]
-    again = d.get_json(f"/api/jobs/{job_id}/logs?rank=0&offset={logs['next']}")
-    assert again["lines"] == [] and again["step"] == "rank-0"
-    assert d.request("GET", f"/api/jobs/{job_id}/logs?offset=-3")[0] == 400
+    assert any("'loss':" in line for line in logs["lines"]) and logs["skipped_bytes"] == 0 and logs["more"] is False
+    again = d.get_json(f"/api/jobs/{job_id}/logs?cursor={logs['cursor']}")
+    assert again["lines"] == [] and again["cursor"] == logs["cursor"]
+    assert d.get_json(f"/api/jobs/{job_id}/logs?rank=0")["step"] == "rank-0"
+    assert d.request("GET", f"/api/jobs/{job_id}/logs?cursor=-3")[0] == 400
     assert d.request("GET", f"/api/jobs/{job_id}/logs?rank=5")[0] == 400
 
     r = d.get_json(f"/api/jobs/{job_id}/result")
@@ -185,6 +228,61 @@ def test_api_serves_a_finished_job(client, dashboard):
     assert status == 200 and b'id="charts"' in body
     assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
     assert d.request("GET", "/static/chart.js")[0] == 200
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+@pytest.mark.slow
+def test_logs_are_read_by_byte_range(client, dashboard, tmp_path):
+    """The logs endpoint reads a tail, then what follows a cursor: a 2 GiB log costs a poll no more
+    than a small one (it is never read whole), and a bad step or cursor is a 400 that says why."""
+    from trainjob import CustomTrainer
+
+    script = tmp_path / "chatty.py"
+    script.write_text("for i in range(20000):\n    print(f'line {i:05d} ' + 'x' * 40)\n")
+    job_id = client.train(CustomTrainer(script=str(script)))
+    client.wait_for_job_completion(job_id, timeout=120)
+    d = dashboard
+    first = d.get_json(f"/api/jobs/{job_id}/logs?step=rank-0")
+    assert first["lines"][-1].startswith("line 19999 ") and not first["lines"][0].startswith("line 00000 ")
+    kept = sum(len(x) + 1 for x in first["lines"])
+    assert first["skipped_bytes"] > 0 and first["skipped_bytes"] + kept == 20000 * 52  # the tail, from a line start
+    assert d.get_json(f"/api/jobs/{job_id}/logs?step=rank-0&cursor={first['cursor']}")["lines"] == []
+    # From the start, a chunk at a time: "more" until all of it came, in order, each line once.
+    cursor, seen, reads = "0", [], 0
+    while True:
+        page = d.get_json(f"/api/jobs/{job_id}/logs?step=rank-0&cursor={cursor}")
+        seen += page["lines"]
+        cursor, reads = page["cursor"], reads + 1
+        if not page["more"]:
+            break
+    assert reads > 1 and seen == [f"line {i:05d} " + "x" * 40 for i in range(20000)]
+
+    # 2 GiB more (a sparse hole: cheap on disk), then one line.
+    log = client.get_job(job_id).job_dir / "logs" / "attempt-0" / "rank-0.log"
+    with open(log, "r+b") as f:
+        f.truncate(log.stat().st_size + 2 * 2**30)
+    with open(log, "ab") as f:
+        f.write(b"\nafter the gap\n")
+    before = _peak_rss(d.proc.pid)
+    tail = d.get_json(f"/api/jobs/{job_id}/logs?step=rank-0")
+    assert tail["lines"][-1] == "after the gap" and tail["skipped_bytes"] > 2 * 2**30
+    nxt = d.get_json(f"/api/jobs/{job_id}/logs?step=rank-0&cursor={first['cursor']}")  # a poller that was at the old end
+    assert nxt["more"] is True and len("".join(nxt["lines"])) <= 256 * 1024
+    assert _peak_rss(d.proc.pid) - before < 200 * 2**20  # never held the 2 GiB
+
+    for bad, says in (("node-\u00b2", "node-K"), ("rank-1", "rank-R (R < 1)"), ("node-01x", "node-0"), ("driver", "supervisor")):
+        status, _, body = d.request("GET", f"/api/jobs/{job_id}/logs?step={quote(bad)}")
+        assert status == 400 and says in json.loads(body)["error"], (bad, body)
+    for bad in ("1.x", "-1", "9" * 30):
+        status, _, body = d.request("GET", f"/api/jobs/{job_id}/logs?cursor={quote(bad)}")
+        assert status == 400 and "cursor" in json.loads(body)["error"], (bad, body)
 
 
 def test_guard_refuses_rebinding_and_cross_site_posts(dashboard):
@@ -237,7 +335,7 @@ def test_job_page_draws_live_curves_and_stops_the_job(client, dashboard, tmp_pat
             page = ctx.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{d.url}jobs/{job_id}")
+            page.goto(f"{d.url}jobs/{job_id}?token={d.token}")  # the printed link: sets the cookie
 
             # The loss curve appears, then grows without a reload.
             page.wait_for_function("() => +(document.querySelector('path[data-key=loss]')?.dataset.points || 0) >= 2", timeout=180_000)
@@ -303,7 +401,7 @@ def test_chart_component_axes_restarts_and_hover(dashboard, tmp_path):
             page = ctx.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{dashboard.url}jobs/abcdefghijkl")  # no such job: the page loads and says so
+            page.goto(f"{dashboard.url}jobs/abcdefghijkl?token={dashboard.token}")  # no such job: the page loads and says so
             page.wait_for_selector("#error:not(.hidden)")
             assert "does not exist" in page.inner_text("#error")
             info = page.evaluate(Path(TESTS / "browser" / "chart_check.js").read_text())

@@ -89,9 +89,10 @@ def _base(dists=("torch-2.13.0+cpu.dist-info",)) -> envs.BaseEnv:
 def test_plan_splits_indexes_and_keys_on_what_matters(tmp_path):
     pip = envs.PipSettings(index_url="https://pip.example/simple", extra_index_urls=("https://x.example/simple",), find_links=(str(tmp_path), "/does/not/exist"))
     plan = envs.plan_for(["b==1", "a"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=_base())
-    assert plan.index_args() == ["--index-url", "file:///i1", "--extra-index-url", "file:///i2", "--extra-index-url", "file:///i3", "--find-links", str(tmp_path)]
+    # Indexes reach uv through its environment (they may carry credentials); find-links through argv.
+    assert plan.index_options() == (["--find-links", str(tmp_path)], {"UV_DEFAULT_INDEX": "file:///i1", "UV_INDEX": "file:///i2 file:///i3"})
     # No job indexes: pip's configured ones.
-    assert envs.plan_for(["a"], None, pip=pip, base=_base()).index_args()[:4] == ["--index-url", "https://pip.example/simple", "--extra-index-url", "https://x.example/simple"]
+    assert envs.plan_for(["a"], None, pip=pip, base=_base()).index_options()[1] == {"UV_DEFAULT_INDEX": "https://pip.example/simple", "UV_INDEX": "https://x.example/simple"}
     same = envs.plan_for(["a", "b==1"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=_base())
     assert same.key == plan.key  # requirement order does not matter
     assert envs.plan_for(["a", "b==1"], ["file:///i1"], pip=pip, base=_base()).key != plan.key

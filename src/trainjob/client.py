@@ -9,7 +9,7 @@ from trainjob.backends import Backend, create_backend
 from trainjob.config import LocalBackendConfig
 from trainjob.errors import JobFailedError, JobStateError, JobTimeoutError, Problem, ValidationError
 from trainjob.trainers import CustomTrainer
-from trainjob.types import Event, JobStatus, Result, TrainJob
+from trainjob.types import Event, JobStatus, LogChunk, Result, TrainJob
 
 
 class TrainerClient:
@@ -54,6 +54,14 @@ class TrainerClient:
         With ``follow=True`` the iterator streams new lines until the job ends.
         """
         return self.backend.get_job_logs(job_id, step=step, follow=follow)
+
+    def read_job_logs(self, job_id: str, step: str = "node-0", cursor: str | None = None) -> LogChunk:
+        """A piece of a log for a poller: the tail first (``cursor`` None), then what follows.
+
+        Pass the returned ``cursor`` to the next call. Reads by byte range on the local backend,
+        so polling a huge log costs the same as a small one. ``step`` as in ``get_job_logs``.
+        """
+        return self.backend.read_job_logs(job_id, step=step, cursor=cursor)
 
     def get_job_events(self, job_id: str) -> list[Event]:
         return self.backend.get_job_events(job_id)

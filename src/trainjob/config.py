@@ -10,13 +10,16 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+from trainjob.errors import Problem
+
 
 @dataclass(frozen=True)
 class LocalBackendConfig:
     """Run jobs as processes on this machine (the default).
 
     ``home``: where the store and job folders live (default ``$TRAINJOB_HOME`` or ``~/.trainjob``).
-    ``metrics_host``: the address rank 0's ``/metrics`` endpoint binds to (loopback by default).
+    ``metrics_host``: the address rank 0's ``/metrics`` endpoint binds to (loopback by default);
+    an address this machine has (checked when the backend is made), or ``0.0.0.0`` for all.
     """
 
     home: str | os.PathLike | None = None
@@ -56,3 +59,35 @@ class RayBackendConfig:
 
 
 BackendConfig = LocalBackendConfig | RayBackendConfig
+
+
+def bind_host_problem(name: str, host: object) -> Problem | None:
+    """Why ``host`` cannot be bound on this machine (a ``Problem`` naming ``name``), or None.
+
+    An address this machine has (or a name resolving to one), ``0.0.0.0``/``::`` for every
+    interface. Checked by binding a socket to port 0, which is what a server will do later.
+    """
+    import socket
+
+    if not isinstance(host, str) or not host.strip():
+        return Problem(name, host, "an address of this machine such as '127.0.0.1' (loopback) or '0.0.0.0' (every interface)")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        return Problem(name, host, f"an address of this machine or a name that resolves to one ({e})")
+    for family, _, _, _, addr in infos:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((addr[0], 0))
+                return None
+            except OSError:
+                continue
+    return Problem(name, host, f"an address of this machine: {', '.join(_local_addresses())} or 0.0.0.0 (every interface)")
+
+
+def _local_addresses() -> list[str]:
+    import psutil
+    import socket
+
+    found = [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)]
+    return sorted(set(found), key=lambda a: (":" in a, a))

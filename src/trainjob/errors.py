@@ -17,14 +17,20 @@ class TrainJobError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a spec: which field, what was given, what would be right."""
+    """One thing wrong with a spec: which field, what was given, what would be right.
+
+    The message shows the given value with secrets masked (``trainjob.masking``): validation
+    errors end up in terminals, logs and bug reports.
+    """
 
     field: str
     value: Any
     expected: str
 
     def __str__(self) -> str:
-        shown = repr(self.value)
+        from trainjob.masking import mask_field_value
+
+        shown = mask_field_value(self.field, self.value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         return f"{self.field}={shown}: {self.expected}"

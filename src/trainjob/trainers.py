@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainjob.errors import Problem, ValidationError
+from trainjob.masking import is_secret_name, mask_spec
 from trainjob.resources import Resources, parse_resources
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FUNC_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*$")
-_SECRET = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 _INDEX_SCHEMES = ("http://", "https://", "file://")
-MASK = "******"
+REQUIREMENT_EXPECTED = "a PEP 508 requirement such as 'peft', 'peft==0.21.2' or 'pkg @ https://host/pkg.whl'"
 
 
 @dataclass
@@ -80,7 +80,10 @@ class CustomTrainer:
         return self.resources.gpu or 1
 
     def to_spec(self, mask_secrets: bool = False) -> dict[str, Any]:
-        """A JSON-able description of the job (the function itself is not included)."""
+        """A JSON-able description of the job (the function itself is not included).
+
+        With ``mask_secrets`` it is the form that may be stored and shown (``trainjob.masking``).
+        """
         spec: dict[str, Any] = {"trainer": type(self).__name__, "entrypoint": self.entrypoint_kind}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -90,18 +93,21 @@ class CustomTrainer:
                 value = None if value is None else {k: _short_repr(v) for k, v in value.items()}
             elif f.name == "script" and value is not None:
                 value = str(value)
-            elif f.name == "env" and value is not None and mask_secrets:
-                value = mask_env(value)
             spec[f.name] = value
         spec["procs_per_node"] = self.procs_per_node()
         spec["resources"] = self.resources.to_dict()
-        return spec
+        return mask_spec(spec) if mask_secrets else spec
 
     # ---- validation ---------------------------------------------------------------------
     def _validate(self) -> list[Problem]:
         p: list[Problem] = []
         self._validate_entrypoint(p)
         _check_str_list(p, "packages_to_install", self.packages_to_install, "pip requirement strings such as 'trl' or 'peft==0.21.2'")
+        for i, req in enumerate(self.packages_to_install or []):
+            if isinstance(req, str) and req.strip():
+                why = requirement_problem(req)
+                if why:
+                    p.append(Problem(f"packages_to_install[{i}]", req, f"{REQUIREMENT_EXPECTED}; {why}"))
         _check_str_list(p, "pip_index_urls", self.pip_index_urls, "index URLs such as 'https://pypi.org/simple'")
         for i, url in enumerate(self.pip_index_urls or []):
             if isinstance(url, str) and not url.startswith(_INDEX_SCHEMES):
@@ -160,7 +166,8 @@ class CustomTrainer:
             if not isinstance(k, str) or not _ENV_NAME.match(k):
                 p.append(Problem(f"env[{k!r}]", v, "a variable name of letters, digits and _ not starting with a digit"))
             elif not isinstance(v, str):
-                p.append(Problem(f"env[{k!r}]", v, f"a string value (got {type(v).__name__}; write {str(v)!r})"))
+                fix = "" if is_secret_name(k) else f"; write {str(v)!r}"  # the message must not show a secret
+                p.append(Problem(f"env[{k!r}]", v, f"a string value (got {type(v).__name__}{fix})"))
 
 
 @dataclass
@@ -192,9 +199,22 @@ class TransformersTrainer(CustomTrainer):
         return p
 
 
-def mask_env(env: dict[str, str]) -> dict[str, str]:
-    """Hide values whose names look secret (``*TOKEN*``, ``*KEY*``, ``*SECRET*``, ``*PASSWORD*``)."""
-    return {k: (MASK if _SECRET.search(k) else v) for k, v in env.items()}
+def requirement_problem(req: str) -> str | None:
+    """Why ``req`` is not one PEP 508 requirement (``packaging``'s words), or None when it is one.
+
+    Installer options (``-e .``, ``--index-url``), shell text (``"x; rm -rf /"``), several
+    requirements in one string and bare paths are all refused: each entry becomes one line of a
+    requirements file, and only a requirement may be there.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if "\n" in req or "\r" in req:
+        return "one requirement per entry (it contains a line break)"
+    try:
+        Requirement(req)
+    except InvalidRequirement as e:
+        return f"not a requirement: {str(e).splitlines()[0]}"
+    return None
 
 
 def _check_int(p: list[Problem], name: str, value: object, minimum: int) -> None:

@@ -113,3 +113,20 @@ class Result:
     log_dir: Path | None
     return_value: Any = None
     error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A piece of a job's log, read without reading the whole log (``TrainerClient.read_job_logs``).
+
+    ``lines``: complete lines (a running job's unfinished last line waits for the next read).
+    ``cursor``: pass it to the next read to get what follows (opaque; backend-specific).
+    ``skipped_bytes``: how much earlier output a first read (no cursor) left out to return the tail.
+    ``more``: more is already there (the read stopped at its size limit): read again at once.
+    """
+
+    step: str
+    lines: list[str]
+    cursor: str
+    skipped_bytes: int = 0
+    more: bool = False

@@ -10,7 +10,10 @@ from abc import ABC, abstractmethod
 from typing import Any, Iterator
 
 from trainjob.trainers import CustomTrainer
-from trainjob.types import Event, JobStatus, Result, TrainJob
+from trainjob.types import Event, JobStatus, LogChunk, Result, TrainJob
+
+TAIL_LINES = 400  # lines of a first read_job_logs in the line-based default
+CHUNK_LINES = 5000  # most lines of a later one
 
 
 class Backend(ABC):
@@ -31,6 +34,25 @@ class Backend(ABC):
 
     @abstractmethod
     def get_job_logs(self, job_id: str, step: str = "node-0", follow: bool = False) -> Iterator[str]: ...
+
+    def read_job_logs(self, job_id: str, step: str = "node-0", cursor: str | None = None) -> LogChunk:
+        """The tail of a log step (``cursor`` None), or what follows ``cursor``; for pollers.
+
+        This default counts lines over ``get_job_logs`` (it reads the whole log each time); a
+        backend whose logs are files overrides it with byte-range reads.
+        """
+        from trainjob.errors import Problem, ValidationError
+
+        if cursor is not None and not (isinstance(cursor, str) and cursor.isascii() and cursor.isdigit()):
+            raise ValidationError([Problem("cursor", cursor, "the cursor a previous read returned: a number of lines")], "read_job_logs()")
+        lines = list(self.get_job_logs(job_id, step=step))
+        if cursor is None:
+            start = max(0, len(lines) - TAIL_LINES)
+            skipped = sum(len(line.encode()) + 1 for line in lines[:start])
+        else:
+            start, skipped = min(int(cursor), len(lines)), 0
+        end = min(len(lines), start + CHUNK_LINES)
+        return LogChunk(step=step, lines=lines[start:end], cursor=str(end), skipped_bytes=skipped, more=end < len(lines))
 
     @abstractmethod
     def get_job_events(self, job_id: str) -> list[Event]: ...

@@ -7,7 +7,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from trainjob.errors import Problem, ValidationError
 from trainjob.types import JobStatus, Result
+
+_LISTED = 8  # log step names listed in an error before "..."
 
 
 def utc(ts: float) -> datetime:
@@ -57,6 +60,24 @@ def build_result(
         return_value=return_value,
         error=error,
     )
+
+
+def parse_log_step(step: object, nodes: int, world: int, named: tuple[str, ...]) -> tuple[str, int]:
+    """``"node-K"``, ``"rank-R"`` or one of ``named`` (``"supervisor"``...) -> ``(kind, number)``.
+
+    ``K``/``R`` are ASCII digits below ``nodes``/``world`` (``"node-²"`` is refused, not taken
+    for a number). Raises ``ValidationError`` naming the allowed forms and the job's own names.
+    """
+    if isinstance(step, str):
+        if step in named:
+            return step, 0
+        kind, _, num = step.partition("-")
+        limit = nodes if kind == "node" else world
+        if kind in ("node", "rank") and num.isascii() and num.isdigit() and int(num) < limit:
+            return kind, int(num)
+    choices = [f"node-{i}" for i in range(nodes)][:_LISTED] + [f"rank-{r}" for r in range(world)][:_LISTED] + list(named)
+    forms = f"node-K (K < {nodes}), rank-R (R < {world}) or {' or '.join(named)}"
+    raise ValidationError([Problem("step", step, f"{forms}: {', '.join(choices)}")], "get_job_logs()")
 
 
 def _path(p: str | None) -> Path | None:

@@ -53,24 +53,27 @@ app.add_typer(envs.app, name="envs", rich_help_panel=_CONTROL)
 
 @app.command("dashboard", rich_help_panel=_READ)
 def dashboard(
-    host: Annotated[str, typer.Option("--host", help="Address to bind. Anything but loopback (127.0.0.1, ::1, localhost) requires --token.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to bind (default loopback; 0.0.0.0 for every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0: pick a free one).")] = 8686,
     token: Annotated[
         Optional[str],
-        typer.Option("--token", envvar="TRAINJOB_DASHBOARD_TOKEN", help="Require this token on every request (header 'Authorization: Bearer', or open the printed ?token= link once: it sets a cookie). Prefer the environment variable to keep it out of `ps`.", show_default=False),
+        typer.Option("--token", envvar="TRAINJOB_DASHBOARD_TOKEN", help="The token every request needs (default: a new one per start, printed in the URL). Send it as 'Authorization: Bearer', or open the printed ?token= link once: it sets a cookie. Prefer the environment variable to keep it out of `ps`.", show_default=False),
     ] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No token (loopback only): anyone on this machine can then read, stop and delete your jobs.")] = False,
 ) -> None:
     """Serve the web dashboard: job list, live loss / learning-rate / eval curves, logs, events, results.
 
-    Reads the same store as the CLI. Stop and delete buttons are protected against cross-site
-    requests. Ctrl-C ends it.
+    Reads the same store as the CLI. Every request needs a token, on loopback too (any user of
+    this machine can reach 127.0.0.1): one is generated per start and printed in the URL, unless
+    --token or TRAINJOB_DASHBOARD_TOKEN gives it. Stop and delete buttons are protected against
+    cross-site requests. Ctrl-C ends it.
     """
     try:
         from trainjob.dashboard.server import DashboardConfig, serve
     except ImportError as e:
         raise CliExit(EXIT_FAILED, f"error: the dashboard needs starlette and uvicorn: pip install 'trainjob[dashboard]' ({e})") from None
     try:
-        config = DashboardConfig(host=host, port=port, token=token)
+        config = DashboardConfig(host=host, port=port, token=token or None, no_auth=no_auth)
     except ValueError as e:
         raise CliExit(EXIT_USAGE, f"error: {e}") from None
     try:

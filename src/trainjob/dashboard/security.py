@@ -1,10 +1,11 @@
-"""Who may talk to the dashboard: loopback by default, a token otherwise, no cross-site actions.
+"""Who may talk to the dashboard: whoever has its token, and no cross-site actions.
 
 An ASGI middleware, :class:`Guard`, checks every request before the app sees it:
 
 1. **Host header** (loopback binds only): must name this machine's loopback (``127.0.0.1``,
    ``localhost``, ``::1``) so a web page cannot reach the dashboard through DNS rebinding.
-2. **Token** (when one is configured, always when bound beyond loopback): from
+2. **Token** (on every bind, loopback included: on a shared machine every user reaches
+   127.0.0.1; only ``trainjob dashboard --no-auth`` turns it off, on loopback): from
    ``Authorization: Bearer``, an ``X-Trainjob-Token`` header or the ``trainjob_token`` cookie.
    Opening any page with ``?token=`` once sets that cookie (HttpOnly, SameSite=Lax) and
    redirects to the same URL without the token, so it does not linger in the address bar.

@@ -12,21 +12,27 @@ JSON API (the records of :mod:`trainjob.cli.records`, the same as ``trainjob ...
 ``GET  /api/jobs/{id}/metrics?after=N``     ``{"entries": [...], "next": M}``: entries from the
                                             N-th on; poll again with ``after=M``
 ``GET  /api/jobs/{id}/events?after=N``      ``{"events": [...], "next": M}``
-``GET  /api/jobs/{id}/logs?rank=&node=&``   ``{"lines": [...], "offset": K, "next": M, "total": T,
-``     step=&offset=N&limit=L``             "steps": [...]}``: lines N.. (first call: the last L)
+``GET  /api/jobs/{id}/logs?step=&cursor=C``  ``{"lines": [...], "cursor": C2, "skipped_bytes": N,
+                                            "more": bool, "steps": [...]}``: the log's tail first
+                                            (``skipped_bytes`` of earlier output left out), then
+                                            what follows ``cursor=C2``; ``step``: ``node-K``,
+                                            ``rank-R`` or ``supervisor`` (``rank=R``/``node=K`` too)
 ``GET  /api/jobs/{id}/result``              the result record
 ``GET  /api/session``                       ``{"csrf": ...}`` for the page's actions
 ``POST /api/jobs/{id}/stop``                graceful stop (needs ``X-Trainjob-Csrf``)
 ``POST /api/jobs/{id}/delete``              delete the job and its files (needs ``X-Trainjob-Csrf``)
 ==========================================  =====================================================
 
-Errors answer ``{"error": message}`` with 400 (bad parameter), 404 (no such job) or 409.
+Every request needs the dashboard's token (``DashboardConfig``; see ``security``) unless it was
+started with ``no_auth``. Errors answer ``{"error": message}`` with 400 (bad parameter), 401 (no
+or wrong token), 403, 404 (no such job) or 409.
 Handlers are synchronous (the store is SQLite); Starlette runs them in its thread pool.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,35 +51,43 @@ from trainjob.errors import JobNotFoundError, JobStateError, ValidationError
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_PORT = 8686  # not Ray's dashboard (8265), not Jupyter (8888)
-LOG_TAIL = 400  # lines sent on a first logs request (no offset): the tail
-LOG_CHUNK = 5000  # most lines sent per later request
 _JOB_ID = re.compile(r"^[a-z][a-z0-9]{11}$")
 
 
 @dataclass(frozen=True)
 class DashboardConfig:
-    """Where the dashboard listens and who may use it. Raises ``ValueError`` saying what to change."""
+    """Where the dashboard listens and who may use it. Raises ``ValueError`` saying what to change.
+
+    Every request needs the token, on loopback too (any user of a shared machine can reach
+    127.0.0.1), as Jupyter does: ``token=None`` generates a fresh one for this start, which the
+    printed URL carries. ``no_auth=True`` turns the token off; it is allowed on loopback only.
+    """
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     poll_ms: int = 1500  # how often the job page polls (the list page: every 2 s)
     csrf_token: str | None = field(default=None, repr=False)
+    no_auth: bool = False
 
     def __post_init__(self) -> None:
         if not self.host or not self.host.strip():
             raise ValueError("--host must be an address such as 127.0.0.1")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port} is out of range; use 1-65535, or 0 for any free port")
-        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
+        if self.no_auth:
+            if self.token is not None:
+                raise ValueError("--no-auth and --token (or TRAINJOB_DASHBOARD_TOKEN) contradict each other: give one of them")
+            if not is_loopback(self.host):
+                raise ValueError(
+                    f"--no-auth is refused on --host {self.host}, which is not a loopback address: anyone who can reach it could "
+                    "read and stop your jobs. Drop --no-auth (a token is generated and printed), or bind to 127.0.0.1"
+                )
+            return
+        if self.token is None:
+            object.__setattr__(self, "token", secrets.token_urlsafe(24))
+        elif len(self.token) < MIN_TOKEN_LENGTH:
             raise ValueError(f"the token must have at least {MIN_TOKEN_LENGTH} characters (got {len(self.token)})")
-        if self.token is None and not is_loopback(self.host):
-            raise ValueError(
-                f"--host {self.host} is not a loopback address: anyone who can reach it could read and stop your jobs. "
-                "Give a token with --token or TRAINJOB_DASHBOARD_TOKEN (e.g. "
-                "export TRAINJOB_DASHBOARD_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')), "
-                "or bind to 127.0.0.1 and use an SSH tunnel"
-            )
 
 
 def create_app(client: TrainerClient, config: DashboardConfig | None = None) -> Callable:
@@ -243,20 +257,20 @@ class _Api:
 
     @_handler
     def logs(self, request: Request) -> Response:
+        """The log's tail (no ``cursor``), then what follows each returned ``cursor``: byte ranges,
+        never the whole log, so polling a 2 GB log is as cheap as polling a small one."""
         job_id = request.path_params["job_id"]
         job = self.client.get_job(job_id)
         rank, node = _int_param(request, "rank"), _int_param(request, "node")
         step = request.query_params.get("step") or (f"rank-{rank}" if rank is not None else f"node-{node or 0}")
-        offset = _int_param(request, "offset")
-        limit = _int_param(request, "limit", LOG_TAIL, minimum=1) or LOG_TAIL
-        lines = list(self.client.get_job_logs(job_id, step=step))
-        start = max(0, len(lines) - limit) if offset is None else min(offset, len(lines))
+        chunk = self.client.read_job_logs(job_id, step=step, cursor=request.query_params.get("cursor") or None)
         steps = [f"node-{i}" for i in range(job.num_nodes)]
         if job.num_nodes * job.procs_per_node > 1:
             steps += [f"rank-{r}" for r in range(job.num_nodes * job.procs_per_node)]
         steps.append("supervisor")
-        end = min(len(lines), start + LOG_CHUNK)
-        return _json({"step": step, "lines": lines[start:end], "offset": start, "next": end, "total": len(lines), "steps": steps})
+        return _json(
+            {"step": chunk.step, "lines": chunk.lines, "cursor": chunk.cursor, "skipped_bytes": chunk.skipped_bytes, "more": chunk.more, "steps": steps}
+        )
 
     @_handler
     def result(self, request: Request) -> Response:

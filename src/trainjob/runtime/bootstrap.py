@@ -59,8 +59,7 @@ def main() -> int:
         shutdown_distributed()
         return e.code if isinstance(e.code, int) else 1
     except BaseException as e:  # noqa: BLE001 - recorded for the supervisor, then the rank fails
-        record_error(run_dir, info.rank, e)
-        traceback.print_exc()
+        print(record_error(run_dir, info.rank, e), end="", file=sys.stderr, flush=True)  # the traceback, secrets masked
         shutdown_distributed()
         return 1
     # The work is done: record it before anything that can hang at exit (the process group's
@@ -96,8 +95,11 @@ def run_entrypoint(spec: dict[str, Any], job_dir: Path) -> Any:
     return None
 
 
-def record_error(run_dir: Path, rank: int, exc: BaseException) -> None:
-    """Write ``errors/rank-N.json`` (first failure wins by its time) for the supervisor."""
+def record_error(run_dir: Path, rank: int, exc: BaseException) -> str:
+    """Write ``errors/rank-N.json`` (first failure wins by its time) for the supervisor.
+
+    Returns the whole traceback, the job's secret values masked as in the record, for the log.
+    """
     known = _secret_values()
     tb = mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), known)
     lines = tb.rstrip().splitlines()
@@ -116,6 +118,7 @@ def record_error(run_dir: Path, rank: int, exc: BaseException) -> None:
         filesystems.with_reserve(lambda: contract.write_json_atomic(run_dir / contract.ERRORS_DIR / f"rank-{rank}.json", record), _error_reserve(run_dir, rank))
     except OSError:
         pass
+    return tb
 
 
 def _error_reserve(run_dir: Path, rank: int) -> filesystems.Reserve:

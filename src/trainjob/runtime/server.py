@@ -3,13 +3,16 @@ polls) and the same figures in the Prometheus text format at ``GET /metrics/prom
 
 Binds to loopback unless ``TRAINJOB_METRICS_HOST`` says otherwise. If ``metrics_port`` is taken
 (several local jobs at once) a free port is picked; the port in use is written to
-``endpoint.json`` in the run folder, where the supervisor records it.
+``endpoint.json`` in the run folder, where the supervisor records it. If the endpoint cannot be
+bound at all (the address is not this machine's, no port is free), training goes on without it:
+a ``MetricsEndpointFailed`` event is recorded and a warning printed to the rank's log.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,23 +21,35 @@ from typing import Any, Callable
 from trainjob import contract
 
 _server: ThreadingHTTPServer | None = None
+_failed = False  # binding failed once in this process: not tried again for every Trainer
 _source: Callable[[], dict[str, Any] | None] = lambda: None
 _lock = threading.Lock()
 
 
 def ensure_started(source: Callable[[], dict[str, Any] | None]) -> int | None:
-    """Start the server once per process (or point it at a new Trainer's progress). Returns the port."""
-    global _server, _source
+    """Start the server once per process (or point it at a new Trainer's progress). Returns the port.
+
+    Never raises: a server that cannot bind is reported (event + warning) and None returned, so
+    training goes on; progress still reaches trainjob through the sink.
+    """
+    global _server, _source, _failed
     with _lock:
         _source = source
         if _server is not None:
             return _server.server_address[1]
+        if _failed:
+            return None
         host = os.environ.get(contract.METRICS_HOST, "127.0.0.1")
-        port = int(os.environ.get(contract.METRICS_PORT, "0") or 0)
         try:
-            _server = ThreadingHTTPServer((host, port), _Handler)
-        except OSError:
-            _server = ThreadingHTTPServer((host, 0), _Handler)  # taken: any free port
+            port = int(os.environ.get(contract.METRICS_PORT, "0") or 0)
+        except ValueError:
+            port = 0
+        try:
+            _server = _bind(host, port)
+        except (OSError, OverflowError, UnicodeError) as e:
+            _failed = True
+            _report_failure(host, port, e)
+            return None
         _server.daemon_threads = True
         threading.Thread(target=_server.serve_forever, name="trainjob-metrics", daemon=True).start()
         actual = _server.server_address[1]
@@ -45,6 +60,44 @@ def ensure_started(source: Callable[[], dict[str, Any] | None]) -> int | None:
             except OSError:
                 pass
         return actual
+
+
+def _bind(host: str, port: int) -> ThreadingHTTPServer:
+    """A server on ``host:port``, else on ``host`` and any free port; IPv6 hosts too."""
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    try:
+        return Server((host, port), _Handler)
+    except OSError:
+        if not port:
+            raise
+        return Server((host, 0), _Handler)  # taken: any free port
+
+
+def _report_failure(host: str, port: int, error: BaseException) -> None:
+    """The endpoint could not start: a warning in the rank's log and a job event, nothing more."""
+    import sys
+    import time
+
+    from trainjob.runtime import sinks
+
+    why = f"{type(error).__name__}: {error}"
+    message = f"rank 0's /metrics endpoint could not bind {host}:{port or 'any port'} ({why}); training goes on without it"
+    print(f"[trainjob] warning: {message}", file=sys.stderr, flush=True)
+    try:
+        sinks.current().event(
+            {
+                "time": time.time(),
+                "reason": "MetricsEndpointFailed",
+                "message": message,
+                "data": {"host": host, "port": port, "error": why},
+                "attempt": int(os.environ.get(contract.ATTEMPT, "0") or 0),
+            }
+        )
+    except Exception as e:  # noqa: BLE001 - reporting must not end the training either
+        print(f"[trainjob] warning: could not record that event: {e}", file=sys.stderr, flush=True)
 
 
 def running() -> bool:

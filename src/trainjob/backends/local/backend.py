@@ -20,20 +20,20 @@ from typing import Any, Iterator
 
 from trainjob import contract
 from trainjob.backends.base import Backend
-from trainjob.backends.local import procs
+from trainjob.backends.local import logs, procs
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.records import build_result, load_return_value, utc
-from trainjob.config import LocalBackendConfig
+from trainjob.config import LocalBackendConfig, bind_host_problem
 from trainjob.errors import JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
+from trainjob.masking import mask_spec
 from trainjob.payload import dumps_payload
 from trainjob.resources import format_bytes, local_capacity
 from trainjob.store import JobRow, Store
-from trainjob.trainers import CustomTrainer, mask_env
-from trainjob.types import Event, JobStatus, Result, Step, TrainJob
+from trainjob.trainers import CustomTrainer
+from trainjob.types import Event, JobStatus, LogChunk, Result, Step, TrainJob
 
 _ALPHA = string.ascii_lowercase
 _ALNUM = string.ascii_lowercase + string.digits
-FOLLOW_INTERVAL = 0.2
 SUPERVISOR_START_GRACE = 60.0  # seconds a new job may wait for its supervisor to record itself
 
 
@@ -47,6 +47,9 @@ class LocalBackend(Backend):
 
     def __init__(self, config: LocalBackendConfig | None = None) -> None:
         self.config = config or LocalBackendConfig()
+        problem = bind_host_problem("metrics_host", self.config.metrics_host)
+        if problem:  # every job's rank 0 would fail to serve /metrics there
+            raise ValidationError([problem], "LocalBackendConfig")
         self.home = Path(self.config.home).expanduser() if self.config.home else contract.home()
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.home, 0o700)
@@ -77,7 +80,7 @@ class LocalBackend(Backend):
             created_at=time.time(),
             num_nodes=trainer.num_nodes,
             procs_per_node=spec["procs_per_node"],
-            spec={**spec, "env": mask_env(spec["env"])},
+            spec=mask_spec(spec),  # the real values live only in the job folder's secrets.json
         )
         try:
             jobdir.create(spec, payload)
@@ -200,8 +203,14 @@ class LocalBackend(Backend):
     def get_job_logs(self, job_id: str, step: str = "node-0", follow: bool = False) -> Iterator[str]:
         row = self._row(job_id)
         jobdir = JobDir.for_job(self.home, job_id)
-        files_for = _log_selector(step, row.num_nodes, row.procs_per_node, jobdir)
-        return _stream_logs(lambda: files_for(), lambda: self._row(job_id).status.is_terminal, follow)
+        files = logs.step_files(step, row.num_nodes, row.procs_per_node, jobdir)
+        return logs.stream_lines(files, lambda: self._row(job_id).status.is_terminal, follow)
+
+    def read_job_logs(self, job_id: str, step: str = "node-0", cursor: str | None = None) -> LogChunk:
+        """The tail of a log step, or what follows ``cursor``, by byte range (see ``logs.read_chunk``)."""
+        row = self._row(job_id)
+        files = logs.step_files(step, row.num_nodes, row.procs_per_node, JobDir.for_job(self.home, job_id))
+        return logs.read_chunk(step, files(), cursor, done=row.status.is_terminal)
 
     # ---- control -----------------------------------------------------------------------
     def stop_job(self, job_id: str) -> None:
@@ -266,7 +275,7 @@ class LocalBackend(Backend):
             steps=steps,
             message=row.message,
             queue_position=row.queue_position,
-            spec=row.spec,
+            spec=mask_spec(row.spec),  # stored masked; masked again for records written before the rules grew
             job_dir=JobDir.for_job(self.home, row.id).root,
         )
 
@@ -287,57 +296,6 @@ def check_capacity(trainer: CustomTrainer) -> None:
         problems.append(Problem("resources_per_node['gpu']", res.gpu, f"at most {len(cap.gpus) // n} per node: this machine has {len(cap.gpus)} GPU(s) for {n} node(s)"))
     if problems:
         raise ResourcesUnavailableError(problems, "resources")
-
-
-def _log_selector(step: str, num_nodes: int, procs_per_node: int, jobdir: JobDir):
-    """Which files make up a log ``step``: ``node-K`` (agent + its ranks), ``rank-R``, ``supervisor``."""
-    if step == "supervisor":
-        return lambda: [(jobdir.supervisor_log, "")]
-    kind, _, num = step.partition("-")
-    limit = num_nodes if kind == "node" else num_nodes * procs_per_node
-    if kind not in ("node", "rank") or not num.isdigit() or int(num) >= limit:
-        choices = [f"node-{i}" for i in range(num_nodes)] + [f"rank-{r}" for r in range(num_nodes * procs_per_node)] + ["supervisor"]
-        raise ValidationError([Problem("step", step, f"one of {', '.join(choices)}")], "get_job_logs()")
-    k = int(num)
-
-    def files() -> list[tuple[Path, str]]:
-        out = []
-        attempts = sorted(jobdir.logs_dir.glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]))
-        for adir in attempts:
-            if kind == "rank":
-                out.append((adir / f"rank-{k}.log", ""))
-                continue
-            out.append((adir / f"node-{k}.log", ""))
-            ranks = range(k * procs_per_node, (k + 1) * procs_per_node)
-            for r in ranks:
-                out.append((adir / f"rank-{r}.log", f"[rank {r}] " if procs_per_node > 1 else ""))
-        return out
-
-    return files
-
-
-def _stream_logs(files, finished, follow: bool) -> Iterator[str]:
-    offsets: dict[Path, int] = {}
-    while True:
-        done = finished() if follow else True  # read the state before the files: no lost tail
-        for path, prefix in files():
-            try:
-                with open(path, "rb") as f:
-                    f.seek(offsets.get(path, 0))
-                    data = f.read()
-            except FileNotFoundError:
-                continue
-            if not data:
-                continue
-            end = data.rfind(b"\n") + 1 if not done else len(data)
-            if end <= 0:
-                continue
-            offsets[path] = offsets.get(path, 0) + end
-            for line in data[:end].decode(errors="replace").splitlines():
-                yield prefix + line
-        if done:
-            return
-        time.sleep(FOLLOW_INTERVAL)
 
 
 def _read_bytes(path: Path) -> bytes | None:

@@ -22,10 +22,14 @@ How the layer is made (with ``uv``, a dependency of trainjob):
    distributions installed the legacy ``.egg-info`` way are not copied: uv may install those
    again into the layer, which costs time, not correctness.)
 4. ``uv pip install -r requirements.txt`` into the layer with the job's indexes
-   (``pip_index_urls``: the first is ``--index-url``, the rest ``--extra-index-url``; with none,
+   (``pip_index_urls``: the first is the default index, the rest extra indexes; with none,
    pip's own configured ones) and pip's configured ``find-links`` (uv does not read pip's
    configuration; on machines whose torch wheel lives in a local find-links folder this is what
-   keeps uv from fetching a CUDA build from the registry).
+   keeps uv from fetching a CUDA build from the registry). The indexes reach uv through its
+   environment (``UV_DEFAULT_INDEX``, ``UV_INDEX``), never its command line, which any user of
+   the machine can read with ``ps``: index URLs may carry credentials. Everything trainjob
+   shows or records about an environment (events, the supervisor log, the marker file that
+   ``trainjob envs ls`` reads, errors) has them masked (``trainjob.masking``).
 5. The finished folder is renamed into ``$TRAINJOB_HOME/envs/<key>``: an entry exists only when
    complete, and a failed install leaves nothing behind.
 
@@ -55,6 +59,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Mapping
 
 from trainjob.errors import BackendError
+from trainjob.masking import mask_text, mask_url, secret_values
 
 ENVS_DIR = "envs"
 LOCKS_DIR = ".locks"
@@ -134,23 +139,40 @@ class EnvPlan:
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
-    def index_args(self) -> list[str]:
-        args: list[str] = []
+    def index_options(self) -> tuple[list[str], dict[str, str]]:
+        """``(argv, env)`` that give uv this plan's indexes and find-links.
+
+        Indexes go in the environment (``UV_DEFAULT_INDEX``, then the extra ones space-separated
+        in ``UV_INDEX``, which uv ranks before the default as it does ``--extra-index-url``), so
+        their credentials never appear in a command line. Find-links stay on the command line
+        (a comma in a folder name would break ``UV_FIND_LINKS``) unless one carries credentials.
+        """
+        env: dict[str, str] = {}
         if self.index_url:
-            args += ["--index-url", self.index_url]
-        for url in self.extra_index_urls:
-            args += ["--extra-index-url", url]
+            env["UV_DEFAULT_INDEX"] = self.index_url
+        if self.extra_index_urls:
+            env["UV_INDEX"] = " ".join(self.extra_index_urls)
+        args: list[str] = []
+        private = [loc for loc in self.find_links if mask_url(loc) != loc]
         for loc in self.find_links:
-            args += ["--find-links", loc]
-        return args
+            if loc not in private:
+                args += ["--find-links", loc]
+        if private:
+            env["UV_FIND_LINKS"] = ",".join(private)
+        return args, env
 
     def describe(self) -> dict[str, Any]:
+        """What the environment holds, as it may be shown: URL credentials masked."""
         return {
-            "requirements": list(self.requirements),
-            "index_url": self.index_url,
-            "extra_index_urls": list(self.extra_index_urls),
-            "find_links": list(self.find_links),
+            "requirements": [mask_url(r) for r in self.requirements],
+            "index_url": mask_url(self.index_url) if self.index_url else None,
+            "extra_index_urls": [mask_url(u) for u in self.extra_index_urls],
+            "find_links": [mask_url(loc) for loc in self.find_links],
         }
+
+    def secrets(self) -> list[str]:
+        """The credentials in this plan's URLs, to mask them in the installer's output."""
+        return secret_values({"pip_index_urls": [self.index_url or "", *self.extra_index_urls, *self.find_links], "packages_to_install": list(self.requirements)})
 
 
 @dataclass(frozen=True)
@@ -194,13 +216,17 @@ def plan_for(
 
 
 def _check_requirement(i: int, req: object) -> str:
-    where = f"packages_to_install[{i}]={req!r}"
+    """The requirement, stripped; the same rule as ``TransformersTrainer`` (checked again here:
+    a spec file could have been edited since)."""
+    from trainjob.trainers import REQUIREMENT_EXPECTED, requirement_problem
+
+    where = f"packages_to_install[{i}]={mask_url(req) if isinstance(req, str) else req!r}"
     if not isinstance(req, str) or not req.strip():
-        raise PackageInstallError(f"{where}: a pip requirement string such as 'peft' or 'peft==0.21.2'")
-    req = req.strip()
-    if req.startswith("-") or "\n" in req or "\r" in req:
-        raise PackageInstallError(f"{where}: one requirement per entry, no installer options (give indexes in pip_index_urls)")
-    return req
+        raise PackageInstallError(f"{where}: {REQUIREMENT_EXPECTED}")
+    why = requirement_problem(req.strip())
+    if why:
+        raise PackageInstallError(f"{where}: {REQUIREMENT_EXPECTED}; {why} (give indexes in pip_index_urls)")
+    return req.strip()
 
 
 def _location_exists(loc: str) -> bool:
@@ -282,10 +308,11 @@ def prepare_for_job(spec: Mapping[str, Any], store: Any, job_id: str, job_dir: A
     home = Path(job_dir.root).parent.parent  # $TRAINJOB_HOME/jobs/<id>
     with open(job_dir.supervisor_log, "a", encoding="utf-8", errors="replace") as log:
         plan = plan_for(packages, spec.get("pip_index_urls"))
+        shown = ", ".join(plan.describe()["requirements"])
 
         def on_build_start() -> None:
-            store.add_event(job_id, "InstallingPackages", f"installing {', '.join(plan.requirements)} with uv", plan.describe())
-            store.update_job(job_id, message=f"installing packages: {', '.join(plan.requirements)}")
+            store.add_event(job_id, "InstallingPackages", f"installing {shown} with uv", plan.describe())
+            store.update_job(job_id, message=f"installing packages: {shown}")
 
         path, cached = ensure_env(home, plan, log, on_build_start=on_build_start)
         seconds = time.monotonic() - t0
@@ -294,7 +321,7 @@ def prepare_for_job(spec: Mapping[str, Any], store: Any, job_id: str, job_dir: A
     store.add_event(
         job_id,
         "EnvironmentReady",
-        f"package environment ready in {seconds:.2f}s ({'cache hit' if cached else 'built'}): {', '.join(plan.requirements)}",
+        f"package environment ready in {seconds:.2f}s ({'cache hit' if cached else 'built'}): {shown}",
         {"seconds": round(seconds, 4), "cached": cached, "path": str(path), "key": plan.key, **plan.describe()},
     )
     if not cached:
@@ -357,7 +384,7 @@ def _build(root: Path, plan: EnvPlan, final: Path, log: IO[str]) -> None:
     tmp = root / f".building-{plan.key}-{os.getpid()}"
     uv = find_uv()
     t0 = time.monotonic()
-    log.write(f"[trainjob] building environment {plan.key} for {list(plan.requirements)}\n")
+    log.write(f"[trainjob] building environment {plan.key} for {plan.describe()['requirements']}\n")
     try:
         _run([uv, "venv", "--relocatable", "--no-config", "--python", plan.base.python, str(tmp)], log, plan)
         sp = _site_packages_of(tmp)
@@ -366,7 +393,8 @@ def _build(root: Path, plan: EnvPlan, final: Path, log: IO[str]) -> None:
         log.write(f"[trainjob] layered on {len(plan.base.site_dirs)} base site folder(s); {n} base distributions count as installed\n")
         reqs = tmp / REQUIREMENTS_FILE
         reqs.write_text("".join(r + "\n" for r in plan.requirements))
-        _run([uv, "pip", "install", "--no-config", "--python", str(_python_of(tmp)), "-r", str(reqs), *plan.index_args()], log, plan)
+        argv, index_env = install_command(uv, _python_of(tmp), reqs, plan)
+        _run(argv, log, plan, index_env)
         marker = {**plan.describe(), "key": plan.key, "created_at": time.time(), "build_seconds": round(time.monotonic() - t0, 3), "base": plan.base.identity()}
         marker["base"].pop("dists")  # long; the key already covers it
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=1))
@@ -390,11 +418,31 @@ def find_uv() -> str:
     raise PackageInstallError("packages_to_install needs uv, which was not found: pip install uv (it is a dependency of trainjob)")
 
 
-def _run(argv: list[str], log: IO[str], plan: EnvPlan) -> None:
-    """Run an installer command, streaming its output to ``log``; raise with its output on failure."""
+# The installer's index settings a job's own indexes replace (uv would merge inherited ones in).
+_UV_INDEX_VARS = ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_FIND_LINKS")
+
+
+def install_command(uv: str, python: Path, requirements: Path, plan: EnvPlan) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env)`` of the ``uv pip install`` that fills a layer. Pure; ``argv`` holds no URL credentials."""
+    args, env = plan.index_options()
+    argv = [uv, "pip", "install", "--no-config", "--python", str(python), "-r", str(requirements), *args]
+    return argv, env
+
+
+def _run(argv: list[str], log: IO[str], plan: EnvPlan, extra_env: Mapping[str, str] | None = None) -> None:
+    """Run an installer command, streaming its output to ``log``; raise with its output on failure.
+
+    ``extra_env`` (the plan's indexes) replaces any index settings inherited from this process.
+    What goes to ``log`` and into the error has the plan's credentials masked.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH")}
+    if extra_env and any(k in extra_env for k in ("UV_DEFAULT_INDEX", "UV_INDEX")):
+        for k in _UV_INDEX_VARS:
+            env.pop(k, None)
+    env.update(extra_env or {})
     env.update({"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"})
-    log.write("[trainjob] $ " + " ".join(argv) + "\n")
+    known = plan.secrets()
+    log.write(mask_text("[trainjob] $ " + " ".join(argv), known) + "\n")
     log.flush()
     lines: list[str] = []
     try:
@@ -403,6 +451,7 @@ def _run(argv: list[str], log: IO[str], plan: EnvPlan) -> None:
         raise PackageInstallError(f"could not run the installer {argv[0]}: {e}") from e
     assert proc.stdout is not None
     for line in proc.stdout:
+        line = mask_text(line, known)
         lines.append(line.rstrip("\n"))
         log.write(line)
     rc = proc.wait()
@@ -410,7 +459,7 @@ def _run(argv: list[str], log: IO[str], plan: EnvPlan) -> None:
     if rc != 0:
         said = [ln for ln in lines if not ln.startswith(("Using Python ", "Using CPython "))]  # uv's preamble
         tail = "\n".join(said[-OUTPUT_TAIL_LINES:]).strip()
-        what = "creating the environment" if argv[1] == "venv" else f"installing packages_to_install={list(plan.requirements)}"
+        what = "creating the environment" if argv[1] == "venv" else f"installing packages_to_install={plan.describe()['requirements']}"
         raise PackageInstallError(f"{what} failed (uv exited with code {rc}):\n{tail}")
 
 
@@ -477,9 +526,10 @@ def list_envs(home: str | os.PathLike) -> list[EnvInfo]:
             EnvInfo(
                 key=path.name,
                 path=path,
-                requirements=list(marker.get("requirements") or []),
-                index_url=marker.get("index_url"),
-                extra_index_urls=list(marker.get("extra_index_urls") or []),
+                # Masked again: a marker written before masking existed may hold credentials.
+                requirements=[mask_url(r) for r in marker.get("requirements") or []],
+                index_url=mask_url(marker["index_url"]) if marker.get("index_url") else None,
+                extra_index_urls=[mask_url(u) for u in marker.get("extra_index_urls") or []],
                 created_at=created,
                 last_used_at=last_used,
                 size_bytes=_size(path),

@@ -9,6 +9,9 @@ the trainjob id, which is also the Ray submission id):
 ====================================  =========================================================
 ``<id>/job``                          the job record: name, spec (secrets masked), created_at
 ``<id>/payload``                      the pickled function and its arguments
+``<id>/secrets``                      the real values of the spec's masked fields (``trainjob.masking``):
+                                      secret env values reach the ranks here, not through Ray's
+                                      ``runtime_env``, which Ray's dashboard shows to anyone
 ``<id>/driver``                       where the driver runs, the job folder it made
 ``<id>/attempt/<NNNN>``               one per attempt (Ray Train worker group), claimed by rank 0
 ``<id>/ranks/<NNNN>/<RRRRR>``         each rank of each attempt: node, pid, Ray actor id (logs)
@@ -63,6 +66,10 @@ class Keys:
     @property
     def payload(self) -> str:
         return f"{self.job_id}/payload"
+
+    @property
+    def secrets(self) -> str:
+        return f"{self.job_id}/secrets"
 
     @property
     def driver(self) -> str:

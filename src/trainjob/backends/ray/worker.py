@@ -19,10 +19,11 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from trainjob import contract
 from trainjob.backends.ray.state import KV, Keys, writer_tag
+from trainjob.masking import join_spec, mask_text, secret_values
 
 FLUSH_INTERVAL = 0.25  # seconds between writes of queued reports to the GCS
 STOP_POLL = 0.5  # seconds between reads of the stop key
@@ -62,6 +63,11 @@ def train_loop(config: dict[str, Any]) -> None:
         sink.close()
         return  # a stop came before this attempt: nothing to train (the driver records Stopped)
 
+    # Secret env values and the real script arguments come from the GCS, not from Ray's
+    # runtime_env (which Ray's dashboard shows): set them before any user code runs.
+    hidden = job_secrets(kv, keys)
+    spec = join_spec(spec, hidden)
+    os.environ.update(hidden.get("env") or {})
     watcher = StopWatcher(kv, keys) if tracking else None
     previous_cwd = os.getcwd()
     output = _MergedOutput()
@@ -85,7 +91,8 @@ def train_loop(config: dict[str, Any]) -> None:
         failure = e
     finally:
         if failure is not None:
-            traceback.print_exception(type(failure), failure, failure.__traceback__)
+            shown = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
+            print(mask_text(shown, secret_values(hidden)), end="", file=sys.stderr, flush=True)  # secrets masked, as in the record
             _record_error(kv, keys, sink, attempt, info.rank, failure)
         from trainjob.runtime.bootstrap import shutdown_distributed
 
@@ -257,12 +264,15 @@ def _write_once(path: Path, fetch) -> None:
 
 
 # ---- errors and results --------------------------------------------------------------------
-def error_record(rank: int | None, exc: BaseException, attempt: int) -> dict[str, Any]:
-    """The same record a local rank writes to ``errors/rank-N.json`` (type, message, traceback tail, hint)."""
+def error_record(rank: int | None, exc: BaseException, attempt: int, known: Iterable[str] = ()) -> dict[str, Any]:
+    """The same record a local rank writes to ``errors/rank-N.json`` (type, message, traceback tail, hint).
+
+    ``known``: the job's secret values (``job_secret_values``), masked in the message and traceback.
+    """
     from trainjob.runtime.hints import hint_for
 
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    message = str(exc) if not isinstance(exc, SystemExit) else f"exit code {exc.code}"
+    tb = mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), known)
+    message = mask_text(str(exc) if not isinstance(exc, SystemExit) else f"exit code {exc.code}", known)
     return {
         "rank": rank,
         "type": type(exc).__name__,
@@ -272,6 +282,16 @@ def error_record(rank: int | None, exc: BaseException, attempt: int) -> dict[str
         "hint": hint_for(type(exc).__name__, message),
         "attempt": attempt,
     }
+
+
+def job_secrets(kv: KV, keys: Keys) -> dict[str, Any]:
+    """The real values of the job's masked spec fields (``<id>/secrets``); empty when none."""
+    return kv.get_json(keys.secrets) or {}
+
+
+def job_secret_values(kv: KV, keys: Keys) -> list[str]:
+    """The job's secret strings, to mask them in error records (which are stored and shown)."""
+    return secret_values(job_secrets(kv, keys))
 
 
 def describe_error(error: dict[str, Any] | None, attempt: int | None = None) -> str:
@@ -301,7 +321,7 @@ def claim_first_error(kv: KV, keys: Keys, attempt: int, record: dict[str, Any], 
 
 def _record_error(kv: KV, keys: Keys, sink: "RaySink", attempt: int, rank: int, exc: BaseException) -> None:
     try:
-        record = error_record(rank, exc, attempt)
+        record = error_record(rank, exc, attempt, job_secret_values(kv, keys))
         kv.put_json(keys.error(attempt, rank), record)
         claim_first_error(kv, keys, attempt, record, sink.event)
         sink.flush()

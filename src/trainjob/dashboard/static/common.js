@@ -87,6 +87,13 @@ const TJ = (() => {
     return String(Number(v.toPrecision(4)));
   }
 
+  function bytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return `${i ? n.toFixed(1) : n} ${units[i]}`;
+  }
+
   function time(iso) {
     if (!iso) return "–";
     return new Date(iso).toLocaleTimeString([], { hour12: false });
@@ -107,5 +114,5 @@ const TJ = (() => {
     return out;
   }
 
-  return { api, post, session, el, badge, bar, duration, age, num, time, dateTime, interesting, get pollMs() { return pollMs; } };
+  return { api, post, session, el, badge, bar, duration, age, num, bytes, time, dateTime, interesting, get pollMs() { return pollMs; } };
 })();

@@ -18,7 +18,7 @@
   const PALETTE = ["#7c3aed", "#0891b2", "#be185d", "#4d7c0f", "#b45309", "#1d4ed8"];
 
   const state = {
-    entries: [], metricsNext: 0, eventsNext: 0, logsNext: null, logStep: "node-0", logSteps: [],
+    entries: [], metricsNext: 0, eventsNext: 0, logCursor: null, logStep: "node-0", logSteps: [],
     charts: new Map(), job: null, resultShown: false, finalPasses: 0, createdAt: null, stopped: false,
   };
 
@@ -151,7 +151,9 @@
       state.logSteps = data.steps;
       $("log-step").replaceChildren(...data.steps.map((s) => el("option", { value: s, text: s, selected: s === state.logStep })));
     }
-    if (data.offset > 0 && pre.childNodes.length === 0) pre.append(`… ${data.offset} earlier lines (trainjob logs ${jobId}) …\n`);
+    if (data.skipped_bytes > 0 && pre.childNodes.length === 0) {
+      pre.append(`… ${TJ.bytes(data.skipped_bytes)} of earlier output not shown (all of it: trainjob logs ${jobId}) …\n`);
+    }
     if (data.lines.length) pre.append(data.lines.join("\n") + "\n");
     while (pre.childNodes.length > 400) pre.firstChild.remove();
     if ($("autoscroll").checked) pre.scrollTop = pre.scrollHeight;
@@ -199,11 +201,14 @@
       state.eventsNext = ev.next;
       renderEvents(ev.events);
       const step = state.logStep;
-      const logUrl = `/api/jobs/${jobId}/logs?step=${encodeURIComponent(step)}` + (state.logsNext === null ? "" : `&offset=${state.logsNext}`);
-      const lg = await api(logUrl);
-      if (step === state.logStep) { // the user may have picked another log meanwhile
-        state.logsNext = lg.next;
+      // The log's tail first, then only what follows the cursor (byte offsets): never the whole log.
+      for (let reads = 0; reads < 8; reads++) {
+        const logUrl = `/api/jobs/${jobId}/logs?step=${encodeURIComponent(step)}` + (state.logCursor === null ? "" : `&cursor=${encodeURIComponent(state.logCursor)}`);
+        const lg = await api(logUrl);
+        if (step !== state.logStep) break; // the user picked another log meanwhile
+        state.logCursor = lg.cursor;
         renderLogs(lg);
+        if (!lg.more) break;
       }
       if (job.is_terminal && !state.resultShown) {
         renderResult(await api(`/api/jobs/${jobId}/result`));
@@ -226,9 +231,11 @@
 
   $("log-step").addEventListener("change", (ev) => {
     state.logStep = ev.target.value;
-    state.logsNext = null;
+    state.logCursor = null;
     $("logs").replaceChildren();
-    if (state.finalPasses >= 2) api(`/api/jobs/${jobId}/logs?step=${encodeURIComponent(state.logStep)}`).then(renderLogs);
+    if (state.finalPasses >= 2) {
+      api(`/api/jobs/${jobId}/logs?step=${encodeURIComponent(state.logStep)}`).then((lg) => { state.logCursor = lg.cursor; renderLogs(lg); });
+    }
   });
 
   $("stop").addEventListener("click", async () => {
