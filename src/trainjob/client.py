@@ -152,3 +152,21 @@ def _status_set(status: Any) -> set[JobStatus] | None:
         return {JobStatus.parse(s) for s in status}
     except ValueError as e:
         raise ValidationError([Problem("status", status, str(e))], "status filter") from None
+
+
+def check_local_home(config: LocalBackendConfig | None = None) -> list[Any]:
+    """Health checks of the local backend's home folder: what ``trainjob doctor`` prints.
+
+    Works where ``TrainerClient()`` cannot start (a corrupt or unreadable store makes it raise
+    ``StoreError``) and changes nothing: the folder, its file system (SQLite WAL needs a local
+    disk), free space, the store's integrity and lock, the full-disk reserve, leftover processes.
+    Returns one ``trainjob.backends.local.doctor.Finding`` per check (``level`` ok/warn/fail,
+    ``detail``, and ``fix``: what to do).
+    """
+    from pathlib import Path
+
+    from trainjob import contract
+    from trainjob.backends.local.doctor import run_checks
+
+    config = config or LocalBackendConfig()
+    return run_checks(Path(config.home).expanduser() if config.home else contract.home())

@@ -129,3 +129,22 @@ class BackendError(TrainJobError):
 
 class JobStateError(TrainJobError):
     """The operation does not apply to the job in its current state (e.g. resuming a running job)."""
+
+
+class StoreError(TrainJobError):
+    """trainjob's job store (the local backend's SQLite file) cannot be used as it is.
+
+    Raised instead of a raw ``sqlite3`` error: the file is corrupt or not a database, cannot be
+    opened, stayed locked by another program too long, or its disk is full. The message names the
+    file, says what is wrong and what to do (``trainjob doctor`` checks the whole home folder).
+    """
+
+    def __init__(self, path: str, problem: str, remedy: str) -> None:
+        self.path, self.problem, self.remedy = str(path), problem, remedy
+        super().__init__(self.path, problem, remedy)
+
+    def __str__(self) -> str:
+        return f"trainjob's job store {self.path} {self.problem}; {self.remedy}"
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem, self.remedy))

@@ -2,7 +2,7 @@
 
 Each verb parses its flags, calls the library and prints. Errors from trainjob become a message
 on stderr and an exit code (see ``trainjob.cli.common`` and docs/cli.md):
-0 ok / Complete, 1 Failed or the command failed, 2 usage or invalid spec, 3 Stopped, 4 no such job,
+0 ok / Complete, 1 Failed or the command failed, 2 usage, invalid spec or unusable store, 3 Stopped, 4 no such job,
 130 interrupted.
 """
 
@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainjob.cli import common, envs, jobs, run
+from trainjob.cli import common, doctor, envs, jobs, run
 from trainjob.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, CliExit, err
-from trainjob.errors import BackendError, JobNotFoundError, JobStateError, JobTimeoutError, TrainJobError, ValidationError
+from trainjob.errors import BackendError, JobNotFoundError, JobStateError, JobTimeoutError, StoreError, TrainJobError, ValidationError
 
 app = typer.Typer(
     name="trainjob",
@@ -49,6 +49,7 @@ app.command("wait", rich_help_panel=_CONTROL)(jobs.wait)
 app.command("stop", rich_help_panel=_CONTROL)(jobs.stop)
 app.command("delete", rich_help_panel=_CONTROL)(jobs.delete)
 app.add_typer(envs.app, name="envs", rich_help_panel=_CONTROL)
+app.command("doctor", rich_help_panel=_CONTROL)(doctor.doctor)
 
 
 @app.command("dashboard", rich_help_panel=_READ)
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(EXIT_USAGE, common.validation_message(e))
     except JobNotFoundError as e:
         _fail(EXIT_NOT_FOUND, f"error: {e}")
+    except StoreError as e:  # corrupt, unreadable, locked too long, disk full: nothing was done
+        _fail(EXIT_USAGE, f"error: {e}")
     except (JobStateError, JobTimeoutError, BackendError) as e:
         _fail(EXIT_FAILED, f"error: {e}")
     except TrainJobError as e:

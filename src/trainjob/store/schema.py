@@ -67,6 +67,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX leases_order ON leases(state, job_created);
     """,
+    # 2 -> 3: the host a supervisor (or a lease holder) runs on. With TRAINJOB_HOME on a shared
+    # disk, a reader on another host cannot check a pid: it must leave that job alone.
+    """
+    ALTER TABLE jobs ADD COLUMN supervisor_host TEXT;
+    ALTER TABLE leases ADD COLUMN holder_host TEXT
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,25 +3,56 @@
 Any process may open it (client, supervisors, CLI, dashboard). WAL mode lets readers run while a
 supervisor writes; every write is one short transaction, so a writer that crashes mid-way leaves
 the previous consistent state. The file is private to the user (0600).
+
+The store survives contention and faults (``Database``):
+
+- **Locks**: a write that meets ``database is locked`` (another program holds a write
+  transaction: a ``sqlite3`` shell, a backup) waits and retries with backoff for up to
+  ``LOCK_PATIENCE`` seconds. A supervisor blocked this way keeps its job running: the ranks write
+  to files, and progress and history catch up when the lock goes.
+- **A full disk**: ``trainjob.db.reserve`` (``RESERVE_BYTES``, allocated next to the database
+  while there is room) is deleted on the first ``database or disk is full``, and the write is
+  retried: the writes of a failure path (the final status) still fit.
+- **Corruption**, an unreadable file, a lock that never goes, a disk that stays full: one
+  ``StoreError`` naming the file and what to do, never a raw ``sqlite3`` exception.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import sqlite3
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
-from trainjob import contract
+from trainjob import contract, filesystems
+from trainjob.errors import StoreError
 from trainjob.store.schema import MIGRATIONS, SCHEMA_VERSION
 from trainjob.types import JobStatus
 
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
 _JSON_COLUMNS = ("spec", "error", "result", "progress", "steps", "resources", "extra")
 _TERMINAL_VALUES = tuple(s.value for s in JobStatus if s.is_terminal)
+
+LOCK_PATIENCE = 600.0  # seconds a call keeps retrying a locked database before it gives up
+BUSY_SLICE_MS = 2000  # SQLite's own wait per try (its busy handler); the retry loop spans the rest
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0  # seconds between tries: doubling, with jitter
+RESERVE_BYTES = 2 * 2**20
+RESERVE_SUFFIX = ".reserve"
+DOCTOR_HINT = "run `trainjob doctor` to check trainjob's home folder"
+
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+_warned_network: set[str] = set()
 
 
 @dataclass
@@ -46,76 +77,233 @@ class JobRow:
     progress_at: float | None = None
     supervisor_pid: int | None = None
     supervisor_start: float | None = None
+    supervisor_host: str | None = None  # where the supervisor runs: only that host can tell if it died
     steps: list[dict[str, Any]] | None = None
     resources: dict[str, Any] | None = None
     queue_position: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Store:
-    """Job state in ``$TRAINJOB_HOME/trainjob.db``. Safe to use from several threads and processes."""
+class Database:
+    """One connection to ``trainjob.db`` that retries locks, uses the space reserve, names its faults.
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        self.path = Path(path) if path is not None else contract.home() / "trainjob.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    Thread-safe (one lock around the connection). Used by :class:`Store` and by the local
+    scheduler's lease book, so every writer of the file behaves the same way. Opening it creates
+    the file (0600) and brings its schema up to date.
+    """
+
+    def __init__(self, path: str | os.PathLike, lock_patience: float = LOCK_PATIENCE) -> None:
+        self.path = Path(path)
+        self.lock_patience = lock_patience
+        self.reserve = filesystems.Reserve(self.path.with_name(self.path.name + RESERVE_SUFFIX), RESERVE_BYTES)
         self._lock = threading.RLock()
-        self._conn = self._connect()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StoreError(self.path, f"cannot be created: its folder cannot be made ({e.strerror or e})", "set TRAINJOB_HOME to a folder you can write") from None
+        _warn_if_network(self.path)
+        self.call(lambda conn: None, "open")
+        self.reserve.ensure()
 
-    def _connect(self) -> sqlite3.Connection:
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The raw connection, for code that runs inside :meth:`call` or :meth:`transaction`."""
+        assert self._conn is not None
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def call(self, fn: Callable[[sqlite3.Connection], T], what: str = "access") -> T:
+        """Run ``fn(connection)``, retrying while the database is locked; the reserve covers one full disk.
+
+        ``fn`` must be safe to run again after a failure (one statement, or one transaction that
+        the failure rolled back). Raises ``StoreError`` for a database that stays locked longer
+        than ``lock_patience``, a full disk with no reserve left, a corrupt or unreadable file.
+        """
+        started = time.monotonic()
+        delay, waited_since, freed = BACKOFF_FIRST, None, False
+        while True:
+            with self._lock:
+                try:
+                    if self._conn is None:
+                        self._conn = self._open()
+                    out = fn(self._conn)
+                    if waited_since is not None:
+                        log.warning("%s: unlocked after %.1fs; %s went through", self.path, time.monotonic() - waited_since, what)
+                    return out
+                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+                    self._abandon_transaction()
+                    raise  # the caller's mistake (a duplicate id...), not the store's state
+                except sqlite3.DatabaseError as e:
+                    self._abandon_transaction()
+                    code = _primary_code(e)
+                    if code == _SQLITE_FULL and not freed and self.reserve.release():
+                        freed = True
+                        log.warning("%s: disk full (%s); released the %d-byte space reserve and retrying %s", self.path, e, RESERVE_BYTES, what)
+                        continue
+                    if code not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                        raise self._explain(e, code) from None
+                    busy = e
+            now, deadline = time.monotonic(), started + self.lock_patience
+            if waited_since is None:
+                waited_since = now
+                log.warning("%s is locked by another process (%s); retrying %s for up to %.0fs", self.path, busy, what, self.lock_patience)
+            if now >= deadline:
+                raise StoreError(
+                    self.path,
+                    f"stayed locked by another process for {self.lock_patience:.0f}s ({busy})",
+                    "end the program holding a transaction open on it (`fuser` lists the processes that have it open), then retry",
+                ) from None
+            time.sleep(min(delay * random.uniform(0.5, 1.0), deadline - now))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> T:
+        """Run ``fn`` inside ``BEGIN IMMEDIATE ... COMMIT`` (retried as a whole, see :meth:`call`)."""
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            out = fn(conn)
+            conn.execute("COMMIT")
+            return out
+
+        return self.call(run, what)
+
+    # ---- internals ---------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
         existed = self.path.exists()
         old = os.umask(0o077)
         try:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=BUSY_SLICE_MS / 1000, isolation_level=None, check_same_thread=False)
         finally:
             os.umask(old)
-        if not existed:
-            os.chmod(self.path, 0o600)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        self._migrate(conn)
+        try:
+            if not existed:
+                os.chmod(self.path, 0o600)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_SLICE_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} has store schema v{version}, newer than this trainjob understands "
-                f"(v{SCHEMA_VERSION}); upgrade trainjob or point TRAINJOB_HOME elsewhere"
+            raise StoreError(
+                self.path,
+                f"has store schema v{version}, newer than this trainjob understands (v{SCHEMA_VERSION})",
+                "upgrade trainjob, or point TRAINJOB_HOME elsewhere",
             )
         if version == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
+        # Re-read inside the write lock: another process may have migrated meanwhile.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for i in range(version, SCHEMA_VERSION):
+            for stmt in filter(str.strip, MIGRATIONS[i].split(";")):
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+
+    def _abandon_transaction(self) -> None:
+        """Roll back what a failed call left open (SQLite may or may not have done it already)."""
+        conn = self._conn
+        if conn is None:
+            return
         try:
-            # Re-read inside the write lock: another process may have migrated meanwhile.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for i in range(version, SCHEMA_VERSION):
-                for stmt in filter(str.strip, MIGRATIONS[i].split(";")):
-                    conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # The connection is unusable (a file that turned out corrupt): open a new one next time.
+            conn.close()
+            self._conn = None
+
+    def _explain(self, e: sqlite3.DatabaseError, code: int | None) -> StoreError:
+        if code == _SQLITE_FULL or (code == _SQLITE_IOERR and _nearly_full(self.path)):
+            usage = filesystems.disk_usage(self.path)
+            where = usage.path if usage else str(self.path.parent)
+            return StoreError(self.path, f"cannot be written: no space left on {where} ({e})", f"free space there; {DOCTOR_HINT}")
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return StoreError(
+                self.path,
+                f"is corrupt or not a SQLite database ({e})",
+                f"{DOCTOR_HINT}; to start over, move it aside (mv {self.path} {self.path}.corrupt): the job folders stay, their records are lost",
+            )
+        if code in (_SQLITE_CANTOPEN, _SQLITE_PERM, _SQLITE_READONLY):
+            return StoreError(self.path, f"cannot be opened for writing ({e})", f"check that you own it and its folder and can write both (ls -l); {DOCTOR_HINT}")
+        if code == _SQLITE_IOERR:
+            return StoreError(self.path, f"cannot be read or written: disk I/O error ({e})", f"check the disk (dmesg) and {DOCTOR_HINT}")
+        return StoreError(self.path, f"cannot be used ({type(e).__name__}: {e})", DOCTOR_HINT)
+
+
+def _primary_code(e: sqlite3.Error) -> int | None:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF
+    text = str(e).lower()  # SQLite's own wording, for builds without error codes on exceptions
+    for needle, c in (("locked", _SQLITE_BUSY), ("disk is full", _SQLITE_FULL), ("malformed", _SQLITE_CORRUPT), ("not a database", _SQLITE_NOTADB), ("unable to open", _SQLITE_CANTOPEN)):
+        if needle in text:
+            return c
+    return None
+
+
+def _nearly_full(path: Path) -> bool:
+    usage = filesystems.disk_usage(path)
+    return usage is not None and usage.nearly_full
+
+
+def _warn_if_network(path: Path) -> None:
+    """Say once per process that a store on a network file system is unsafe (SQLite WAL needs a local disk)."""
+    key = str(path.parent)
+    if key in _warned_network:
+        return
+    _warned_network.add(key)
+    fstype = filesystems.filesystem_type(path.parent)
+    if filesystems.is_network_filesystem(fstype):
+        warnings.warn(network_warning(path, fstype), stacklevel=3)
+
+
+def network_warning(path: Path, fstype: str | None) -> str:
+    return (
+        f"trainjob's job store {path} is on a network file system ({fstype}): SQLite's WAL mode needs a local disk "
+        "(its locks and shared-memory index do not work across hosts), so the store can be corrupted and jobs misreported. "
+        "Set TRAINJOB_HOME to a folder on a local disk; `trainjob doctor` checks it"
+    )
+
+
+class Store:
+    """Job state in ``$TRAINJOB_HOME/trainjob.db``. Safe to use from several threads and processes.
+
+    Every method may block while another program holds the database's write lock (up to
+    ``LOCK_PATIENCE``) and raises ``StoreError`` for a store that cannot be used (see ``Database``).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, lock_patience: float = LOCK_PATIENCE) -> None:
+        self.path = Path(path) if path is not None else contract.home() / "trainjob.db"
+        self.db = Database(self.path, lock_patience)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.db.close()
 
     # ---- jobs --------------------------------------------------------------------------
     def insert_job(self, row: JobRow) -> None:
         values = _encode(row.__dict__)
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
-        with self._lock:
-            self._conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", list(values.values()))
+        self.db.call(lambda c: c.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", list(values.values())), "insert job")
 
     def get_job(self, job_id: str) -> JobRow | None:
-        with self._lock:
-            r = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        r = self.db.call(lambda c: c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), "read job")
         return _decode(r) if r else None
 
     def list_jobs(self, statuses: Iterable[JobStatus] | None = None) -> list[JobRow]:
@@ -124,8 +312,7 @@ class Store:
             st = [JobStatus.parse(s).value for s in statuses]
             q += f" WHERE status IN ({', '.join('?' for _ in st)})"
             args = st
-        with self._lock:
-            rows = self._conn.execute(q + " ORDER BY created_at, id", args).fetchall()
+        rows = self.db.call(lambda c: c.execute(q + " ORDER BY created_at, id", args).fetchall(), "list jobs")
         return [_decode(r) for r in rows]
 
     def update_job(self, job_id: str, **fields: Any) -> None:
@@ -134,8 +321,7 @@ class Store:
             return
         values = _encode(fields)
         sets = ", ".join(f"{k} = ?" for k in values)
-        with self._lock:
-            self._conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
+        self.db.call(lambda c: c.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id]), "update job")
 
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Move a job to ``status`` unless it already ended. Returns False when it had ended.
@@ -152,40 +338,30 @@ class Store:
             values["finished_at"] = now
         sets = ", ".join(f"{k} = ?" for k in values)
         marks = ", ".join("?" for _ in _TERMINAL_VALUES)
-        with self._lock:
-            cur = self._conn.execute(
-                f"UPDATE jobs SET {sets} WHERE id = ? AND status NOT IN ({marks})",
-                [*values.values(), job_id, *_TERMINAL_VALUES],
-            )
+        cur = self.db.call(
+            lambda c: c.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND status NOT IN ({marks})", [*values.values(), job_id, *_TERMINAL_VALUES]),
+            f"record status {status.value}",
+        )
         return cur.rowcount == 1
 
     def delete_job(self, job_id: str) -> bool:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
-                self._conn.execute("DELETE FROM metrics WHERE job_id = ?", (job_id,))
-                n = self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return n == 1
+        def run(c: sqlite3.Connection) -> int:
+            c.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM metrics WHERE job_id = ?", (job_id,))
+            return c.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+
+        return self.db.transaction(run, "delete job") == 1
 
     # ---- events ------------------------------------------------------------------------
     def add_event(self, job_id: str, reason: str, message: str, data: dict | None = None, at: float | None = None) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO events (job_id, time, reason, message, data) VALUES (?, ?, ?, ?, ?)",
-                (job_id, at or time.time(), reason, message, json.dumps(data or {}, default=str)),
-            )
+        row = (job_id, at or time.time(), reason, message, json.dumps(data or {}, default=str))
+        self.db.call(lambda c: c.execute("INSERT INTO events (job_id, time, reason, message, data) VALUES (?, ?, ?, ?, ?)", row), f"add event {reason}")
 
     def events(self, job_id: str, after_id: int = 0) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, time, reason, message, data FROM events WHERE job_id = ? AND id > ? ORDER BY id",
-                (job_id, after_id),
-            ).fetchall()
+        rows = self.db.call(
+            lambda c: c.execute("SELECT id, time, reason, message, data FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)).fetchall(),
+            "read events",
+        )
         return [{**dict(r), "data": json.loads(r["data"] or "{}")} for r in rows]
 
     # ---- metrics history ---------------------------------------------------------------
@@ -193,23 +369,14 @@ class Store:
         """Append logged entries (each a dict with at least ``step`` and ``time``) in one transaction."""
         if not entries:
             return
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "INSERT INTO metrics (job_id, attempt, step, time, data) VALUES (?, ?, ?, ?, ?)",
-                    [(job_id, attempt, e.get("step"), e.get("time") or time.time(), json.dumps(e, default=str)) for e in entries],
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        rows = [(job_id, attempt, e.get("step"), e.get("time") or time.time(), json.dumps(e, default=str)) for e in entries]
+        self.db.transaction(lambda c: c.executemany("INSERT INTO metrics (job_id, attempt, step, time, data) VALUES (?, ?, ?, ?, ?)", rows), "add metrics")
 
     def metrics(self, job_id: str, after_id: int = 0) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, attempt, data FROM metrics WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)
-            ).fetchall()
+        rows = self.db.call(
+            lambda c: c.execute("SELECT id, attempt, data FROM metrics WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)).fetchall(),
+            "read metrics",
+        )
         out = []
         for r in rows:
             d = json.loads(r["data"])

@@ -80,6 +80,7 @@ class LocalBackend(Backend):
             created_at=time.time(),
             num_nodes=trainer.num_nodes,
             procs_per_node=spec["procs_per_node"],
+            supervisor_host=procs.this_host(),  # the supervisor starts here: readers on other hosts leave it alone
             spec=mask_spec(spec),  # the real values live only in the job folder's secrets.json
         )
         try:
@@ -109,7 +110,7 @@ class LocalBackend(Backend):
                 start_new_session=True,  # detached: survives the client and its terminal
             )
         # Recorded here, not only by the supervisor, so there is no window without an owner.
-        self.store.update_job(job_id, supervisor_pid=proc.pid, supervisor_start=procs.start_time(proc.pid))
+        self.store.update_job(job_id, supervisor_pid=proc.pid, supervisor_start=procs.start_time(proc.pid), supervisor_host=procs.this_host())
         _forget_child(proc)
 
     def _resume_source(self, job_id: str) -> JobDir:
@@ -143,15 +144,18 @@ class LocalBackend(Backend):
         recorded itself yet (``train()`` inserts the row a moment before it spawns the
         supervisor) gets ``SUPERVISOR_START_GRACE`` seconds before it counts as lost. Idempotent:
         ``transition`` lets only one reader record the failure.
+
+        A job whose supervisor runs on another host (TRAINJOB_HOME on a shared disk) is left
+        alone: a pid cannot be checked from here, so only a reader on that host can judge it.
         """
-        if row.status.is_terminal or row.backend != self.name:
+        if row.status.is_terminal or row.backend != self.name or _elsewhere(row):
             return row
         if row.supervisor_pid is None and time.time() - row.created_at < SUPERVISOR_START_GRACE:
             return row
         if procs.is_alive(row.supervisor_pid, row.supervisor_start):
             return row
         fresh = self.store.get_job(row.id)  # it may have finished between our two reads
-        if fresh is None or fresh.status.is_terminal:
+        if fresh is None or fresh.status.is_terminal or _elsewhere(fresh):
             return fresh or row
         if fresh.supervisor_pid != row.supervisor_pid and procs.is_alive(fresh.supervisor_pid, fresh.supervisor_start):
             return fresh
@@ -236,6 +240,11 @@ class LocalBackend(Backend):
         if row is None:
             raise JobNotFoundError(job_id)
         jobdir = JobDir.for_job(self.home, job_id)
+        if not row.status.is_terminal and _elsewhere(row):
+            raise JobStateError(
+                f"cannot delete job {job_id}: it is {row.status.value} and its supervisor runs on host {row.supervisor_host!r}, "
+                f"not on this one ({procs.this_host()!r}); stop it (stop_job works from any host) or delete it there"
+            )
         if not row.status.is_terminal:
             sup = procs.process(row.supervisor_pid, row.supervisor_start)
             if sup is not None:
@@ -278,6 +287,11 @@ class LocalBackend(Backend):
             spec=mask_spec(row.spec),  # stored masked; masked again for records written before the rules grew
             job_dir=JobDir.for_job(self.home, row.id).root,
         )
+
+
+def _elsewhere(row: JobRow) -> bool:
+    """True if the job's supervisor was recorded on another host (rows from before hosts were recorded count as local)."""
+    return row.supervisor_host is not None and row.supervisor_host != procs.this_host()
 
 
 def check_capacity(trainer: CustomTrainer) -> None:

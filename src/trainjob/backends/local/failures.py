@@ -16,15 +16,26 @@ files, the failure summaries torchrun prints, the exit codes of the node process
 
 The root cause is the lowest tier, earliest first. Pure functions: the supervisor gathers the
 inputs, tests feed them real torchrun output.
+
+A full disk is explained, not just reported (``explain_no_space``): the job's error says "no space
+left on <mount point>" with the free space there, whether the rank's exception said so (ENOSPC,
+or a library's "No space left on device (os error 28)"), hid it ("unexpected pos 576 vs 534" from
+``torch.save``), or the rank just died with an exit code while the job's disk was full. That one
+function looks at the disks (``statvfs``), when the supervisor summarizes a failed attempt.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from trainjob import filesystems
+from trainjob.resources import format_bytes
 
 # One entry of torchrun's failure summary ("Root Cause (first observed failure)" and "Failures").
 _TORCHRUN_ENTRY = re.compile(
@@ -150,7 +161,8 @@ def collect_failures(
         if ending_since is not None and at is not None and at > ending_since:
             tier = TIER_CONSEQUENCE
         node = node_of.get(rank) if rank is not None else e.get("node")
-        f = Failure(rank, node, etype, msg, tier, time=at, traceback=e.get("traceback") or "", hint=e.get("hint"))
+        extra = {k: e[k] for k in ("errno", "filename") if e.get(k) is not None}
+        f = Failure(rank, node, etype, msg, tier, time=at, traceback=e.get("traceback") or "", hint=e.get("hint"), extra=extra)
         failures.append(f)
         if rank is not None:
             by_rank[rank] = f
@@ -209,14 +221,52 @@ def root_cause(failures: list[Failure]) -> Failure | None:
     return min(failures, key=lambda f: (f.tier, f.time if f.time is not None else float("inf")))
 
 
-def summarize(failures: list[Failure], attempt: int) -> dict[str, Any]:
-    """The job's error record: the root cause, plus one line for every other failure it caused."""
+def summarize(failures: list[Failure], attempt: int, disk_paths: Iterable[str | Path | None] = ()) -> dict[str, Any]:
+    """The job's error record: the root cause, plus one line for every other failure it caused.
+
+    ``disk_paths``: the folders the job writes to (its job folder, its ``output_dir``); a failure
+    caused by a full disk among them is explained (see ``explain_no_space``).
+    """
     cause = root_cause(failures)
     if cause is None:
-        return {"rank": None, "node": None, "type": "Unknown", "message": "the attempt failed without an error record", "attempt": attempt, "traceback": ""}
+        record = {"rank": None, "node": None, "type": "Unknown", "message": "the attempt failed without an error record", "attempt": attempt, "traceback": ""}
+        return explain_no_space(record, disk_paths)
     record = cause.to_record()
     record["attempt"] = attempt
     others = [f.describe() for f in sorted(failures, key=lambda f: (f.time or 0.0)) if f is not cause]
     if others:
         record["other_failures"] = others
-    return record
+    return explain_no_space(record, disk_paths)
+
+
+_NO_REASON_TYPES = {"ExitCode", "Signal", "NodeLost", "Unknown"}
+
+
+def explain_no_space(record: dict[str, Any], disk_paths: Iterable[str | Path | None] = ()) -> dict[str, Any]:
+    """The error record, rewritten to say "no space left on <mount point>" when a full disk caused it.
+
+    A full disk is the cause when the error says so (errno ENOSPC/EDQUOT, or the words libraries
+    use), or when the error does not say why (a write that "failed", an exit code, a signal such
+    as SIGBUS from a full tmpfs) and one of the job's disks is nearly full
+    (``filesystems.NEARLY_FULL_BYTES``). The original message is kept after the explanation, the
+    disk is in ``record["disk_full"]`` and the hint says what to do. Other records are returned as
+    they are.
+    """
+    text = f"{record.get('message') or ''}\n{record.get('traceback') or ''}"
+    said = record.get("errno") in (errno.ENOSPC, errno.EDQUOT) or filesystems.says_no_space(text)
+    unexplained = record.get("type") in _NO_REASON_TYPES or filesystems.says_write_failed(text)
+    if not said and not unexplained:
+        return record
+    paths = [record.get("filename"), *disk_paths]
+    usage = filesystems.fullest(paths)
+    if usage is None or not (said or usage.nearly_full):
+        return record  # nothing says it, and no disk of the job is full: not a full disk
+    out = dict(record)
+    original = record.get("message") or ""
+    if usage.nearly_full:
+        out["message"] = f"no space left on {usage.path} ({format_bytes(usage.free)} free of {format_bytes(usage.total)}): {original}".rstrip(": ")
+    else:  # the error says so, but the job's own disks have room now: it wrote somewhere else (or space came back)
+        out["message"] = f"no space left on a disk the job wrote to (the job's folders on {usage.path} have {format_bytes(usage.free)} free now): {original}"
+    out["disk_full"] = {"path": usage.path, "free_bytes": usage.free, "total_bytes": usage.total}
+    out["hint"] = f"free space on {usage.path}, or write output_dir and checkpoints to a larger disk; `trainjob doctor` shows free disk"
+    return out

@@ -10,11 +10,17 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Iterable
 
 import psutil
+
+
+def this_host() -> str:
+    """This machine's host name, recorded with a supervisor's pid: a pid means nothing on another host."""
+    return socket.gethostname()
 
 
 def start_time(pid: int) -> float | None:

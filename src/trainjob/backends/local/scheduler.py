@@ -45,6 +45,7 @@ from trainjob.errors import BackendError
 from trainjob import resources
 from trainjob import contract
 from trainjob.resources import format_bytes
+from trainjob.store.sqlite import Database
 from trainjob.types import JobStatus
 
 POLL_INTERVAL = 0.25  # seconds between two looks at the queue while waiting
@@ -253,34 +254,37 @@ class _Dead:
 
 
 class LeaseBook:
-    """The ``leases`` table, over a connection of its own (transactions must not mix with the Store's)."""
+    """The ``leases`` table, over a connection of its own (transactions must not mix with the Store's).
+
+    The connection is the store's ``Database``: a transaction that meets another program's write
+    lock waits and retries (see ``trainjob.store.sqlite``) instead of failing the job. Only this
+    host's leases are looked at: with TRAINJOB_HOME on a shared disk, each host schedules its own
+    CPUs and GPUs, and cannot check another host's lease holders.
+    """
 
     def __init__(self, db_path: str | os.PathLike) -> None:
         self.db_path = Path(db_path)
         self.home = self.db_path.parent
-        self.conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA busy_timeout = 30000")
+        self.db = Database(self.db_path)
+        self.host = procs.this_host()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
     def _tx(self, fn: Callable[[], Any]) -> Any:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn()
-            self.conn.execute("COMMIT")
-            return out
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+        """Run ``fn`` in one write transaction (re-run from the start if the transaction is retried)."""
+        return self.db.transaction(lambda conn: fn(), "update resource leases")
 
     def enqueue(self, job_id: str, created: float, req: Request) -> None:
         me = os.getpid()
         self._tx(
             lambda: self.conn.execute(
-                "INSERT OR REPLACE INTO leases (job_id, job_created, state, request, assigned, holder_pid, holder_start, since) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
-                (job_id, created, _WAITING, json.dumps(req.to_json()), me, procs.start_time(me), time.time()),
+                "INSERT OR REPLACE INTO leases (job_id, job_created, state, request, assigned, holder_pid, holder_start, holder_host, since) VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)",
+                (job_id, created, _WAITING, json.dumps(req.to_json()), me, procs.start_time(me), self.host, time.time()),
             )
         )
 
@@ -306,7 +310,12 @@ class LeaseBook:
         Returns ``job_id``'s state afterwards (None if it has no lease).
         """
         dead: list[_Dead] = []
-        state = self._tx(lambda: self._pass(machine, job_id, dead))
+
+        def first_pass() -> _QueueState | None:
+            dead.clear()  # a retried transaction starts over
+            return self._pass(machine, job_id, dead)
+
+        state = self._tx(first_pass)
         for d in dead:  # outside the transaction: ending processes takes time
             if d.orphans:
                 procs.kill_tree(d.orphans, grace=2.0)
@@ -316,7 +325,9 @@ class LeaseBook:
         return state
 
     def _pass(self, machine: Machine, job_id: str | None, dead: list[_Dead]) -> _QueueState | None:
-        rows = self.conn.execute("SELECT * FROM leases ORDER BY job_created, job_id").fetchall()
+        rows = self.conn.execute(
+            "SELECT * FROM leases WHERE holder_host IS NULL OR holder_host = ? ORDER BY job_created, job_id", (self.host,)
+        ).fetchall()
         live = []
         for r in rows:
             if procs.is_alive(r["holder_pid"], r["holder_start"]):
@@ -365,7 +376,7 @@ class LeaseBook:
 
     def leases(self) -> list[dict[str, Any]]:
         """Every lease, in queue order (for inspection and tests)."""
-        rows = self.conn.execute("SELECT * FROM leases ORDER BY job_created, job_id").fetchall()
+        rows = self.db.call(lambda c: c.execute("SELECT * FROM leases ORDER BY job_created, job_id").fetchall(), "read resource leases")
         return [{**dict(r), "request": json.loads(r["request"]), "assigned": json.loads(r["assigned"]) if r["assigned"] else None} for r in rows]
 
 
