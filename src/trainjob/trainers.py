@@ -50,6 +50,10 @@ class CustomTrainer:
     num_procs_per_node: int | None = None
     env: dict[str, str] | None = None
     max_restarts: int = 0
+    # Ending: every job ends, whatever its code does (see docs/fault-tolerance.md).
+    active_deadline_seconds: int | None = None  # Kubeflow's: past it the job fails with reason DeadlineExceeded
+    stop_grace_seconds: float = 60.0  # a stop (or deadline): time for ranks to save and end before SIGTERM
+    exit_grace_seconds: float = 30.0  # once a rank exited with its work done: time the others get to exit
 
     # Not instrumented: no callback, no endpoint.
     enable_progression_tracking: bool = field(default=False, init=False)
@@ -116,6 +120,10 @@ class CustomTrainer:
         if self.num_procs_per_node is not None:
             _check_int(p, "num_procs_per_node", self.num_procs_per_node, minimum=1)
         _check_int(p, "max_restarts", self.max_restarts, minimum=0)
+        if self.active_deadline_seconds is not None:
+            _check_int(p, "active_deadline_seconds", self.active_deadline_seconds, minimum=1)
+        _check_seconds(p, "stop_grace_seconds", self.stop_grace_seconds)
+        _check_seconds(p, "exit_grace_seconds", self.exit_grace_seconds)
         p.extend(parse_resources(self.resources_per_node)[1])
         self._validate_env(p)
         return p
@@ -184,6 +192,9 @@ class TransformersTrainer(CustomTrainer):
     enable_progression_tracking: bool = True
     custom_metrics: dict[str, str] | None = None
     metrics_port: int = 28080
+    # Seconds without a completed training step (ranks alive) after which the attempt fails with
+    # the ranks' stacks in their logs; max_restarts then retries. None: never.
+    progress_timeout: float | None = None
 
     def _validate(self) -> list[Problem]:
         p = super()._validate()
@@ -196,6 +207,10 @@ class TransformersTrainer(CustomTrainer):
                 p.append(Problem("custom_metrics", self.custom_metrics, 'a dict of logged name -> exposed name, e.g. {"my_f1": "eval_custom_f1"}'))
         if isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int) or not 1024 <= self.metrics_port <= 65535:
             p.append(Problem("metrics_port", self.metrics_port, "an int port between 1024 and 65535"))
+        if self.progress_timeout is not None:
+            _check_seconds(p, "progress_timeout", self.progress_timeout)
+            if self.enable_progression_tracking is False:
+                p.append(Problem("progress_timeout", self.progress_timeout, "None when enable_progression_tracking=False (steps are only seen with tracking on)"))
         return p
 
 
@@ -222,6 +237,11 @@ def _check_int(p: list[Problem], name: str, value: object, minimum: int) -> None
         p.append(Problem(name, value, f"an int >= {minimum}"))
     elif value < minimum:
         p.append(Problem(name, value, f"an int >= {minimum}"))
+
+
+def _check_seconds(p: list[Problem], name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value or value == float("inf"):
+        p.append(Problem(name, value, "a number of seconds > 0, e.g. 60"))
 
 
 def _check_str_list(p: list[Problem], name: str, value: object, expected: str, allow_empty_items: bool = False) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from trainjob import contract
 from trainjob.backends.local import procs
-from trainjob.backends.local.collector import COLLECT_INTERVAL, Collector
+from trainjob.backends.local.collector import Collector
 from trainjob.backends.local.failures import NodeOutcome, collect_failures, describe_exit, summarize
 from trainjob.backends.local.hangs import Hang, HangWatch, dump_stacks, work_done
 from trainjob.backends.local.jobdir import JobDir
@@ -85,7 +85,7 @@ class Supervisor:
             self._prepare_environment()
             release = self._acquire_resources()
             if self._stopping():
-                status, message, error = self._stopped_outcome("before it started")
+                status, message, error = self._stopped_outcome("before it started") if self.deadline_exceeded else (JobStatus.STOPPED, "stopped before it started", None)
             else:
                 status, message, error = self._run_attempts()
         except TrainJobError as e:  # an expected failure whose message is for the user (a package install failed...)
@@ -243,7 +243,7 @@ class Supervisor:
         )
         next_hang_check = 0.0
         while len(attempt.exit_codes) < len(attempt.nodes):
-            time.sleep(COLLECT_INTERVAL)
+            self.collector.wait(attempt.nodes)  # woken early by a report, a node's exit or a stop request
             self.collector.collect(attempt.number)
             for i, node in enumerate(attempt.nodes):
                 if i in attempt.exit_codes:
