@@ -252,6 +252,20 @@ Root Cause (first observed failure):
     assert root_cause(collect_failures([peer_error, own_error], nodes, world_size=4)).rank == 1  # an exception of its own ranks first
 
 
+def test_a_killed_launcher_is_the_cause_of_its_ranks_peer_errors():
+    """kill -9 of node-1's torchrun agent: its rank dies with it, rank 1's and rank 0's collectives
+    fail with peer errors, and node-1 prints no summary. The cause is the launcher."""
+    t = time.time()
+    peer_errors = [
+        {"rank": r, "type": "RuntimeError", "message": "[pair.cc:537] Read error [127.0.0.1]:4489: Connection reset by peer", "time": t + r, "traceback": ""}
+        for r in (0, 1)
+    ]
+    nodes = [NodeOutcome(0, 1, t + 4, (0,)), NodeOutcome(1, -9, t + 2, (1,), log="")]
+    cause = root_cause(collect_failures(peer_errors, nodes, world_size=2))
+    assert (cause.node, cause.type, cause.signal) == (1, "NodeLost", "SIGKILL"), cause
+    assert cause.describe() == "node-1: NodeLost: node-1's launcher killed by SIGKILL"
+
+
 # ---- 3. graceful stop and resume ------------------------------------------------------------
 def test_stop_saves_at_the_same_step_then_resume_runs_to_the_end(client):
     max_steps = 40

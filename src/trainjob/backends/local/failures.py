@@ -184,8 +184,10 @@ def collect_failures(
             f.traceback = rank_log_tail(rank)
             failures.append(f)
             by_rank[rank] = f
-        if not found and not any(r in by_rank for r in n.ranks):
-            # No summary (the launcher itself was killed, or it failed before starting ranks).
+        if not found and not any(r in by_rank and by_rank[r].tier < TIER_CONSEQUENCE for r in n.ranks):
+            # No summary (the launcher itself was killed, or it failed before starting ranks), and
+            # its ranks have nothing of their own to say: at most a peer error, which a killed
+            # launcher causes (its ranks die with it and the others lose their peer).
             f = _exit_failure(None, n.node, n.exit_code, n.time, n.ended_by_supervisor)
             f.type = "NodeLost" if n.exit_code < 0 else f.type
             f.message = f"node-{n.node}'s launcher {describe_exit(n.exit_code)}"

@@ -55,6 +55,12 @@ const TJ = (() => {
     return el("span", { class: `badge ${status}`, "data-status": status, text: status + (extra ? ` ${extra}` : "") });
   }
 
+  // A Running job whose newest step is over 2 minutes old (the server decides: no_step_for_seconds).
+  function stalled(job) {
+    if (!job.no_step_for_seconds) return null;
+    return el("span", { class: "stalled", title: "no training step completed for this long; the job may be hung (see its logs, or set progress_timeout)", text: `no step for ${duration(job.no_step_for_seconds)}` });
+  }
+
   function bar(pct, status, big) {
     const fill = el("span");
     fill.style.width = `${Math.max(0, Math.min(100, pct || 0))}%`;
@@ -114,5 +120,5 @@ const TJ = (() => {
     return out;
   }
 
-  return { api, post, session, el, badge, bar, duration, age, num, bytes, time, dateTime, interesting, get pollMs() { return pollMs; } };
+  return { api, post, session, el, badge, stalled, bar, duration, age, num, bytes, time, dateTime, interesting, get pollMs() { return pollMs; } };
 })();

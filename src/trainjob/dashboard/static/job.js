@@ -81,7 +81,7 @@
     document.body.dataset.status = job.status;
     $("name").textContent = job.name;
     $("job-id").textContent = job.name !== job.id ? job.id : "";
-    $("status").replaceChildren(badge(job.status, job.queue_position ? `#${job.queue_position} in queue` : ""));
+    $("status").replaceChildren(badge(job.status, job.queue_position ? `#${job.queue_position} in queue` : ""), TJ.stalled(job) || "");
     $("stop").disabled = job.is_terminal;
     $("delete").disabled = false;
     const p = job.progress || {};

@@ -17,7 +17,7 @@
     const eta = !job.is_terminal && p.estimatedRemainingSeconds !== null && p.estimatedRemainingSeconds !== undefined ? duration(p.estimatedRemainingSeconds) : "–";
     const tr = el("tr", { class: "row", "data-job": job.id, "data-status": job.status },
       name,
-      el("td", {}, badge(job.status, job.queue_position ? `#${job.queue_position}` : "")),
+      el("td", {}, badge(job.status, job.queue_position ? `#${job.queue_position}` : ""), TJ.stalled(job) || ""),
       progress,
       el("td", { class: "num", text: p.currentStep !== undefined && p.currentStep !== null ? `${p.currentStep} / ${p.totalSteps || "?"}` : "–" }),
       el("td", { class: "num", text: num((p.trainMetrics || {}).loss) }),
