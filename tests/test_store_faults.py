@@ -29,6 +29,7 @@ from test_cli import cli
 from trainjob import CustomTrainer, JobStatus, TrainerClient, TransformersTrainer, contract
 from trainjob.errors import JobFailedError, JobStateError, StoreError
 from trainjob.store import JobRow, Store
+from trainjob.store.sqlite import RESERVE_BYTES
 
 # Longer than the 30 s SQLite busy timeout trainjob used before writes retried: without the
 # retries the supervisor's first write under the lock fails and the job with it.
@@ -234,20 +235,24 @@ def test_store_on_a_full_disk_uses_its_reserve_then_names_the_disk(small_home):
     hazards.fill_disk(small_home, leave=0)
     for i in range(50):  # the reserve's space takes these writes; none is lost
         store.add_event("job1", "Probe", f"{i} " + "x" * 2000)
-    assert not reserve.exists()
     assert len(store.events("job1")) == 50
+    assert reserve.stat().st_blocks * 512 < RESERVE_BYTES  # used, and what was left set aside again
+    written = 50
     with pytest.raises(StoreError) as err:
         for i in range(5000):
             store.add_event("job1", "Probe", "y" * 2000)
+            written += 1
     assert f"no space left on {small_home}" in str(err.value)
+    assert len(store.events("job1")) == written > 100  # every write that returned is there, and the reserve took many
     (small_home / "ballast").unlink()
     store.add_event("job1", "Probe", "room again")  # usable once space is back
 
 
 @pytest.mark.slow
-def test_a_job_on_a_full_disk_fails_with_no_space_and_keeps_its_records(small_home):
+@pytest.mark.parametrize("leave", [384 * 1024, 0], ids=["checkpoint-does-not-fit", "completely-full"])
+def test_a_job_on_a_full_disk_fails_with_no_space_and_keeps_its_records(small_home, leave):
     client = TrainerClient()
-    job_id = client.train(TransformersTrainer(func=hazards.tiny_until_disk_full))
+    job_id = client.train(TransformersTrainer(func=hazards.tiny_until_disk_full, func_args={"leave": leave}))
     with pytest.raises(JobFailedError):
         client.wait_for_job_completion(job_id, timeout=300)
     job = client.get_job(job_id)
@@ -261,8 +266,10 @@ def test_a_job_on_a_full_disk_fails_with_no_space_and_keeps_its_records(small_ho
     record = json.loads((run_dir / "errors" / "rank-0.json").read_text())  # written on the full disk
     assert "No space left on device" in record["message"]
     history = client.get_job_metrics(job_id)
-    assert len(history) == hazards.count_lines(run_dir / "metrics.jsonl")
-    assert [m["step"] for m in history if "loss" in m] == [2, 4, 6, 8, 10]  # logged before and after the disk filled
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in history] == [m["step"] for m in logged]  # every entry the rank could write
+    if leave:
+        assert [m["step"] for m in history if "loss" in m] == [2, 4, 6, 8, 10]  # logged before and after the disk filled
     assert client.get_job_progress(job_id) == hazards.last_record(run_dir / contract.PROGRESS_FILE)  # the last progress written
     assert [e.reason for e in client.get_job_events(job_id)][-1] == "Failed"
     wait_until(lambda: not job_processes(job.job_dir), timeout=30, what="no process of the job left")

@@ -209,6 +209,33 @@ class Reserve:
         finally:
             os.close(fd)
 
+    def refill(self, margin: int = 64 * 1024) -> int:
+        """Take back what a write just after ``release()`` left free, up to ``size``, leaving ``margin``; bytes held.
+
+        On a full disk the room a released reserve gives is open to every process: ranks still
+        writing checkpoints would take it all, and the next write of the failure path would find
+        none. Called right after that write, this keeps the rest for the writes after it.
+        """
+        try:
+            st = os.statvfs(self.path.parent)
+            held = self.path.stat().st_blocks * 512 if self.path.exists() else 0
+        except OSError:
+            return 0
+        target = min(self.size, held + st.f_bavail * st.f_frsize - margin)
+        if target <= held:
+            return held
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError:
+            return held
+        try:
+            _allocate(fd, target)
+            return target
+        except OSError:
+            return held
+        finally:
+            os.close(fd)
+
     def release(self) -> bool:
         """Delete the reserve; True if it existed (there is now room for a few writes)."""
         try:

@@ -11,8 +11,9 @@ The store survives contention and faults (``Database``):
   ``LOCK_PATIENCE`` seconds. A supervisor blocked this way keeps its job running: the ranks write
   to files, and progress and history catch up when the lock goes.
 - **A full disk**: ``trainjob.db.reserve`` (``RESERVE_BYTES``, allocated next to the database
-  while there is room) is deleted on the first ``database or disk is full``, and the write is
-  retried: the writes of a failure path (the final status) still fit.
+  while there is room) is deleted on the first ``database or disk is full``, the write is
+  retried, and what it did not use is taken back at once (``Reserve.refill``): the writes of a
+  failure path (the events, the final status) still fit, one after another.
 - **Corruption**, an unreadable file, a lock that never goes, a disk that stays full: one
   ``StoreError`` naming the file and what to do, never a raw ``sqlite3`` exception.
 """
@@ -133,6 +134,9 @@ class Database:
                     if self._conn is None:
                         self._conn = self._open()
                     out = fn(self._conn)
+                    if freed:
+                        kept = self.reserve.refill()  # what this write did not need stays set aside
+                        log.debug("%s: written on a full disk; %d bytes set aside again", self.path, kept)
                     if waited_since is not None:
                         log.warning("%s: unlocked after %.1fs; %s went through", self.path, time.monotonic() - waited_since, what)
                     return out
@@ -144,7 +148,7 @@ class Database:
                     code = _primary_code(e)
                     if code == _SQLITE_FULL and not freed and self.reserve.release():
                         freed = True
-                        log.warning("%s: disk full (%s); released the %d-byte space reserve and retrying %s", self.path, e, RESERVE_BYTES, what)
+                        log.warning("%s: disk full (%s); released the space reserve and retrying %s", self.path, e, what)
                         continue
                     if code not in (_SQLITE_BUSY, _SQLITE_LOCKED):
                         raise self._explain(e, code) from None
