@@ -2,16 +2,19 @@
 
     python benchmarks/progress.py --runs 5 --steps 600
 
-Interleaved in one run, medians:
+Rounds are interleaved (each round runs every case once, the order rotating from round to round)
+so that drift on a noisy 2-core machine hits every case alike. For each round the script prints the
+throughput ratio of each case to "tracking off" in the same round; the headline figure is the
+median of those per-round ratios (a ratio of medians mixes rounds). Measured:
 - throughput (the Trainer's own ``train_steps_per_second``) with tracking on (supervisor
-  collecting at its default rate) vs off; target ratio >= 0.99;
+  collecting at its default rate) vs off; target: median per-round ratio >= 0.99;
 - staleness of ``get_job_progress`` as a client sees it: at each poll (20 Hz), how long ago the
   shown step stopped being the current one (0 if it still is). The true step times come from a
   user callback in the job itself, not from trainjob. Target p95 <= 1 s;
+- the supervisor's CPU time per job (all its threads, from ``/proc``, sampled at each poll until
+  it exits) and its share of a core while the job runs;
 - the rank-0 ``/metrics`` endpoint under a 10 Hz external poller: latency p50/p99 and the
   throughput with that poller running vs without.
-"""
-
 from __future__ import annotations
 
 import argparse
@@ -54,7 +57,29 @@ def timed_job(max_steps: int, step_log: str | None = None) -> float:
     return metrics["train_steps_per_second"]
 
 
-def run_job(client, steps: int, tracking: bool, poll_hz: float = 0.0, staleness: list | None = None, latencies: list | None = None) -> float:
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time of every thread of ``pid`` so far (Linux ``/proc``, nanosecond resolution); None once it is gone."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
+def run_job(
+    client,
+    steps: int,
+    tracking: bool,
+    poll_hz: float = 0.0,
+    staleness: list | None = None,
+    latencies: list | None = None,
+    supervisor: list | None = None,
+) -> float:
+    """One job; returns its steps/s. ``supervisor`` gets (CPU seconds of the whole job, CPU seconds
+    while Running, Running wall seconds) of the job's supervisor process."""
     from trainjob import TransformersTrainer
 
     step_log = tempfile.mktemp(suffix=".json") if staleness is not None else None
@@ -65,8 +90,19 @@ def run_job(client, steps: int, tracking: bool, poll_hz: float = 0.0, staleness:
     if poll_hz:
         poller = threading.Thread(target=_poll_endpoint, args=(client, job_id, poll_hz, stop, latencies), daemon=True)
         poller.start()
+    pid = None
+    cpu_last = cpu_run0 = None
+    t_run0 = t_last = 0.0
     while True:
         job = client.get_job(job_id)
+        if pid is None:
+            pid = client.backend.store.get_job(job_id).supervisor_pid
+        if pid is not None:
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                cpu_last, t_last = cpu, time.monotonic()
+                if cpu_run0 is None and job.status == "Running":
+                    cpu_run0, t_run0 = cpu, t_last
         if staleness is not None:
             p = client.get_job_progress(job_id)
             if p:
@@ -74,6 +110,8 @@ def run_job(client, steps: int, tracking: bool, poll_hz: float = 0.0, staleness:
         if job.status.is_terminal:
             break
         time.sleep(0.05)
+    if supervisor is not None and cpu_last is not None and cpu_run0 is not None:
+        supervisor.append((cpu_last, cpu_last - cpu_run0, t_last - t_run0))
     stop.set()
     if poller:
         poller.join()
@@ -125,32 +163,52 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     args = ap.parse_args()
     os.environ.update({k: v for k, v in ENV.items() if k not in os.environ})
+    off, on, store20, http10 = "tracking off", "tracking on", "tracking on + client polling 20 Hz", "tracking on + /metrics poller 10 Hz"
+    staleness: list[float] = []
+    latencies: list[float] = []
+    sup: dict[str, list] = {k: [] for k in (off, on, store20, http10)}
     with tempfile.TemporaryDirectory() as home:
         os.environ["TRAINJOB_HOME"] = home
         from trainjob import TrainerClient
 
         client = TrainerClient()
-        staleness: list[float] = []
-        latencies: list[float] = []
         s = args.steps
         res = interleave(
             args.runs,
             {
-                "tracking off": lambda: run_job(client, s, False),
-                "tracking on": lambda: run_job(client, s, True),
-                "tracking on + client polling 20 Hz": lambda: run_job(client, s, True, staleness=staleness),
-                "tracking on + /metrics poller 10 Hz": lambda: run_job(client, s, True, poll_hz=10, latencies=latencies),
+                off: lambda: run_job(client, s, False, supervisor=sup[off]),
+                on: lambda: run_job(client, s, True, supervisor=sup[on]),
+                store20: lambda: run_job(client, s, True, staleness=staleness, supervisor=sup[store20]),
+                http10: lambda: run_job(client, s, True, poll_hz=10, latencies=latencies, supervisor=sup[http10]),
             },
+            rotate=True,
         )
-    m = {k: median(v) for k, v in res.items()}
+    ratios = {k: [v / b for v, b in zip(res[k], res[off])] for k in (on, store20, http10)}
     print()
-    print(table([(k, f"{m[k]:.1f}", f"{min(v):.1f}", f"{max(v):.1f}") for k, v in res.items()], ("case", "median steps/s", "min", "max")))
+    print(table([(k, f"{median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}") for k, v in res.items()], ("case", "median steps/s", "min", "max")))
     print()
-    off = m["tracking off"]
+    print(
+        table(
+            [(r + 1, *(f"{res[k][r]:.1f}" for k in res), *(f"{ratios[k][r]:.3f}" for k in ratios)) for r in range(args.runs)],
+            ("round", "off", "on", "on+20Hz", "on+/metrics", "on/off", "on+20Hz/off", "on+/metrics/off"),
+        )
+    )
+    print()
+    print(
+        table(
+            [
+                (k, f"{median([c for c, _, _ in v]):.3f}", f"{median([r for _, r, _ in v]):.3f}", f"{100 * median([r / w for _, r, w in v if w > 0]):.2f}%")
+                for k, v in sup.items()
+                if v
+            ],
+            ("supervisor (median per job)", "CPU s, whole job", "CPU s while Running", "share of a core while Running"),
+        )
+    )
+    print()
     rows = [
-        ("tracking on / off (steps/s)", f"{m['tracking on'] / off:.3f}", ">= 0.99"),
-        ("with client polling store at 20 Hz / off", f"{m['tracking on + client polling 20 Hz'] / off:.3f}", ""),
-        ("with /metrics poller at 10 Hz / off", f"{m['tracking on + /metrics poller 10 Hz'] / off:.3f}", ""),
+        ("tracking on / off (median of per-round ratios)", f"{median(ratios[on]):.3f}", ">= 0.99"),
+        ("client polling store at 20 Hz / off (same)", f"{median(ratios[store20]):.3f}", ""),
+        ("/metrics poller at 10 Hz / off (same)", f"{median(ratios[http10]):.3f}", ""),
         ("staleness p50 (s)", f"{percentile(staleness, 50):.3f}", ""),
         ("staleness p95 (s)", f"{percentile(staleness, 95):.3f}", "<= 1"),
         ("staleness max (s)", f"{max(staleness):.3f}" if staleness else "-", ""),
@@ -158,7 +216,8 @@ def main() -> None:
         ("/metrics latency p99 (ms)", f"{percentile(latencies, 99) * 1000:.2f}", ""),
     ]
     print(table(rows, ("measure", "value", "target")))
-    print(f"\n{len(staleness)} staleness samples, {len(latencies)} endpoint requests")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"\n{len(staleness)} staleness samples, {len(latencies)} endpoint requests" + (f"; load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}" if load else ""))
 
 
 if __name__ == "__main__":

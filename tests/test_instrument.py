@@ -54,7 +54,7 @@ def test_user_callbacks_and_control_are_respected(tmp_path):
         print(json.dumps({"seen": seen}))
     """, tmp_path)
     assert r["seen"] == [1, 2, 3, 4, 5]
-    progress = json.loads((tmp_path / "progress.json").read_text())
+    progress = json.loads((tmp_path / "progress.jsonl").read_text().splitlines()[-1])  # the last line is the current state
     assert progress["currentStep"] == 5 and progress["totalSteps"] == 50 and progress["progressPercentage"] == 10
     events = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()]
     end = events[-1]

@@ -36,7 +36,7 @@ RUN = "run"
 SUPERVISOR_LOG = "supervisor.log"
 
 # ---- files in RUN_DIR (written by ranks, read by the supervisor) -------------------------
-PROGRESS_FILE = "progress.json"  # latest progress, replaced atomically
+PROGRESS_FILE = "progress.jsonl"  # progress documents, appended; the last complete line is the current one
 METRICS_FILE = "metrics.jsonl"  # every logged entry, appended
 EVENTS_FILE = "events.jsonl"  # train_begin / evaluate / save / train_end, appended
 ENDPOINT_FILE = "endpoint.json"  # {"host", "port"} of rank 0's /metrics server

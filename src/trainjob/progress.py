@@ -10,7 +10,6 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 PROGRESS_KEYS = (
@@ -132,7 +131,8 @@ def _is_nan_like(v: Any) -> bool:
 
 
 def iso_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current UTC time to the second, as RHAI writes ``lastUpdatedTime``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # half the cost of datetime's strftime
 
 
 @dataclass
@@ -140,7 +140,9 @@ class RateWindow:
     """Steps per second over a recent window, counted from this attempt's own steps only.
 
     A resumed run starts at a high step with no history; counting only steps seen here keeps the
-    rate (and so the ETA) honest after a resume.
+    rate (and so the ETA) honest after a resume. The callback adds a sample per progress write,
+    not per step (the rate between two samples does not need the steps in between); ``add`` is
+    O(1) amortized (each sample is dropped once).
     """
 
     window_seconds: float = 30.0

@@ -1,11 +1,19 @@
 """The ``TrainerCallback`` that reports a Trainer's progress, metrics and events.
 
 Runs in every rank; only the global rank-0 process reports (the others return at once, so the cost
-there is a method call per event). Rank 0 hands progress (throttled to a few times a second),
-every logged entry and events to the job's sink (``trainjob.runtime.sinks``: files that the local
-supervisor collects, or Ray's own channels). The final state is reported at ``on_train_end``
-synchronously, so it is recorded even when the process exits before any HTTP poller could read
-it. Rank 0 also serves the progress on ``/metrics``.
+there is a method call per event). Rank 0 hands progress, every logged entry and events to the
+job's sink (``trainjob.runtime.sinks``: files that the local supervisor collects, or Ray's own
+channels). The final state is reported at ``on_train_end`` synchronously, so it is recorded even
+when the process exits before any HTTP poller could read it. Rank 0 also serves the progress on
+``/metrics``.
+
+Cost: a step runs ``on_step_end`` and often ``on_log``; both must stay at a few microseconds and
+make no system call, or they slow training (measured in BENCHMARKS.md, guarded by
+tests/test_callback_cost.py). So they only note what changed; JSON encoding, the rate and every
+write happen in ``_flush``, at most once per ``WRITE_INTERVAL`` while steps are fast, and at
+once when a pause is coming (an evaluation, a checkpoint, the end: its flags are set on
+``control`` before our ``on_step_end`` runs) or when steps are slower than the interval, so the
+reported state is never older than about one interval or one step.
 
 The callback never changes ``TrainerControl`` except to honour a stop request (see ``stopping``).
 """
@@ -13,6 +21,7 @@ The callback never changes ``TrainerControl`` except to honour a stop request (s
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
@@ -23,7 +32,7 @@ from trainjob import contract
 from trainjob.progress import RateWindow, build_progress, categorize, clean_number
 from trainjob.runtime import done, sinks, stopping
 
-WRITE_INTERVAL = 0.25  # seconds between progress writes while steps run
+WRITE_INTERVAL = 0.25  # seconds between writes (progress, logged entries) while steps are fast
 
 
 class TrainjobCallback(TrainerCallback):
@@ -37,18 +46,24 @@ class TrainjobCallback(TrainerCallback):
         self.train_metrics: dict[str, Any] = {}
         self.eval_metrics: dict[str, Any] = {}
         self.samples_per_step: int | None = None
-        self._last_write = 0.0
+        self.write_interval = WRITE_INTERVAL
+        self._last_write = -math.inf  # monotonic time of the last _flush
+        self._last_step_at: float | None = None
+        self._step_seconds = 0.0  # how long the latest step took: when the next chance to write comes
+        self._pause_follows = False  # evaluation, a save or the end comes after this step
+        self._pending: list[dict[str, Any]] = []  # logged entries not yet handed to the sink
         self._stepped = False
         self.progress: dict[str, Any] | None = None
 
     # ---- Trainer events ---------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        stopping.on_train_begin(args)
+        stopping.on_train_begin(args, state)
         if not state.is_world_process_zero:
             return
         self.rate = RateWindow()
         self.rate.add(state.global_step)
         self._stepped = state.global_step > 0
+        self._last_step_at = None
         world = max(1, int(getattr(args, "world_size", 1) or 1))
         self.samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
         params = None
@@ -74,40 +89,53 @@ class TrainjobCallback(TrainerCallback):
 
         server.ensure_started(lambda: self.progress)
         if self._stepped:  # resumed: show where we are at once
-            self._write_progress(state)
+            self._flush(state, time.monotonic())
 
     def on_step_end(self, args, state, control, **kwargs):
-        stopping.on_step_end(args, state, control)
+        """Per step: a flag read for stops, a clock read, a few comparisons; a write only when due."""
+        stopping.on_step_end(state, control)
         if not state.is_world_process_zero:
             return
-        self._stepped = True
         now = time.monotonic()
-        self.rate.add(state.global_step, now)
-        if now - self._last_write >= WRITE_INTERVAL or state.global_step >= state.max_steps:
-            self._write_progress(state)
+        if self._last_step_at is not None:
+            self._step_seconds = now - self._last_step_at
+        self._last_step_at = now
+        self._stepped = True
+        self._pause_follows = bool(
+            control.should_evaluate or control.should_save or control.should_training_stop or 0 < state.max_steps <= state.global_step
+        )
+        if control.should_log:
+            return  # on_log comes next in this same step, with the new metrics: it decides
+        self._maybe_flush(state, now)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Keep the entry for the next write (encoding and writing wait for ``_flush``)."""
         if not state.is_world_process_zero or not logs:
             return
         entry = {"step": state.global_step, "epoch": clean_number(state.epoch), "time": time.time(), "attempt": self.attempt}
         entry.update({k: (clean_number(v) if not isinstance(v, str) else v) for k, v in logs.items()})
-        self.sink.metric(entry)
+        self._pending.append(entry)
         train, evals = categorize(logs, self.custom_metrics)
         self.train_metrics.update(train)
         self.eval_metrics.update(evals)
+        now = time.monotonic()
         if self._stepped:
-            self._write_progress(state)
+            self._maybe_flush(state, now)
+        else:
+            self._flush(state, now)  # logged before any step (e.g. an evaluation first): nothing to wait for
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not state.is_world_process_zero:
             return
         clean = {k: clean_number(v) for k, v in (metrics or {}).items()}
+        self._flush(state, time.monotonic())
         self._event("Evaluate", f"evaluation at step {state.global_step}", {"step": state.global_step, "metrics": clean})
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         path = os.path.abspath(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+        self._flush(state, time.monotonic())
         self._event("Save", f"checkpoint saved at step {state.global_step}", {"step": state.global_step, "checkpoint": path})
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -117,7 +145,7 @@ class TrainjobCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         finished = bool(state.max_steps) and state.global_step >= state.max_steps
-        self._write_progress(state, finished=finished)
+        self._flush(state, time.monotonic(), finished=finished)
         self._event(
             "TrainEnd",
             f"training ended at step {state.global_step}/{state.max_steps}",
@@ -134,7 +162,22 @@ class TrainjobCallback(TrainerCallback):
         )
 
     # ---- writing -----------------------------------------------------------------------
-    def _write_progress(self, state, finished: bool = False) -> None:
+    def _maybe_flush(self, state, now: float) -> None:
+        """Write now if waiting for the next step would leave the reported state older than
+        ``write_interval``: the interval is up, the step is slow, or a pause comes next."""
+        wait = math.inf if self._pause_follows else self._step_seconds
+        if now + wait - self._last_write >= self.write_interval:
+            self._flush(state, now)
+
+    def _flush(self, state, now: float, finished: bool = False) -> None:
+        """Hand the pending logged entries and (once a step ran) the progress to the sink."""
+        if self._pending:
+            entries, self._pending = self._pending, []
+            sinks.send_metrics(self.sink, entries)
+        self._last_write = now
+        if not (self._stepped or finished):
+            return
+        self.rate.add(state.global_step, now)
         self.progress = build_progress(
             step=state.global_step,
             max_steps=state.max_steps,
@@ -146,7 +189,6 @@ class TrainjobCallback(TrainerCallback):
             eval_metrics=self.eval_metrics,
             finished=finished,
         )
-        self._last_write = time.monotonic()
         self.sink.progress(self.progress)
 
     def _event(self, reason: str, message: str, data: dict[str, Any]) -> None:

@@ -371,10 +371,36 @@ class Store:
     # ---- metrics history ---------------------------------------------------------------
     def add_metrics(self, job_id: str, attempt: int, entries: list[dict[str, Any]]) -> None:
         """Append logged entries (each a dict with at least ``step`` and ``time``) in one transaction."""
-        if not entries:
+        self.add_reports(job_id, attempt, metrics=entries)
+
+    def add_reports(
+        self,
+        job_id: str,
+        attempt: int,
+        metrics: Iterable[dict[str, Any]] = (),
+        events: Iterable[dict[str, Any]] = (),
+        progress: dict[str, Any] | None = None,
+        progress_at: float | None = None,
+    ) -> None:
+        """What a job's ranks reported since the last look, in one transaction (one commit, not three):
+        logged entries, events (dicts with ``reason``, ``message``, optional ``data`` and ``time``)
+        and, if given, the newest progress. The local collector calls it a few times a second."""
+        now = time.time()
+        metric_rows = [(job_id, attempt, e.get("step"), e.get("time") or now, json.dumps(e, default=str)) for e in metrics]
+        event_rows = [(job_id, e.get("time") or now, e["reason"], e["message"], json.dumps(e.get("data") or {}, default=str)) for e in events]
+        job_values = _encode({"progress": progress, "progress_at": progress_at}) if progress is not None else None
+        if not (metric_rows or event_rows or job_values):
             return
-        rows = [(job_id, attempt, e.get("step"), e.get("time") or time.time(), json.dumps(e, default=str)) for e in entries]
-        self.db.transaction(lambda c: c.executemany("INSERT INTO metrics (job_id, attempt, step, time, data) VALUES (?, ?, ?, ?, ?)", rows), "add metrics")
+
+        def run(c: sqlite3.Connection) -> None:
+            if metric_rows:
+                c.executemany("INSERT INTO metrics (job_id, attempt, step, time, data) VALUES (?, ?, ?, ?, ?)", metric_rows)
+            if event_rows:
+                c.executemany("INSERT INTO events (job_id, time, reason, message, data) VALUES (?, ?, ?, ?, ?)", event_rows)
+            if job_values:
+                c.execute("UPDATE jobs SET progress = ?, progress_at = ? WHERE id = ?", (job_values["progress"], job_values["progress_at"], job_id))
+
+        self.db.transaction(run, "add reports")
 
     def metrics(self, job_id: str, after_id: int = 0) -> list[dict[str, Any]]:
         rows = self.db.call(
