@@ -98,7 +98,7 @@ def test_run_script_follow_streams_logs_and_exits_0(finished):
     assert "script args: ['40', '--flag']" in proc.stdout
     assert "'loss':" in proc.stdout and "'eval_loss':" in proc.stdout
     # trainjob's messages go to stderr: the id, progress lines, the outcome.
-    m = re.search(r"submitted job ([a-z][a-z0-9]{11})", proc.stderr)
+    m = re.search(r"submitted job (tiny-script)\b", proc.stderr)  # --name is the job's name, its identifier
     assert m, proc.stderr
     assert re.search(r"Complete\s+job " + m.group(1), proc.stderr)
     assert "step 40/40" in proc.stderr
@@ -110,7 +110,7 @@ def test_ls_table_json_quiet_and_filter(finished):
     jobs = cli_json(home, "ls")
     assert len(jobs) == 1
     job = jobs[0]
-    assert ID.match(job["id"]) and job["name"] == "tiny-script" and job["status"] == "Complete"
+    assert job["id"] == job["name"] == "tiny-script" and job["status"] == "Complete"
     assert job["is_terminal"] is True and job["progress"]["progressPercentage"] == 100
     assert job["entrypoint"].endswith("train.py 40 --flag")
     table = cli(home, "ls", check_rc=0).stdout
@@ -279,7 +279,7 @@ def test_help_explains_every_flag(fresh):
 @pytest.mark.slow
 def test_module_job_without_tracking_and_func_ref_json(fresh, tmp_path):
     rec = json.loads(cli(fresh, "run", "--no-progress", "--env", "MY_SETTING=on", "--name", "mod", "-o", "json", "-m", "trainjob.demo", "12", check_rc=0).stdout)
-    assert ID.match(rec["id"]) and rec["entrypoint"] == "-m trainjob.demo 12"
+    assert rec["id"] == rec["name"] == "mod" and rec["entrypoint"] == "-m trainjob.demo 12"
     assert rec["spec"]["enable_progression_tracking"] is False and rec["spec"]["env"] == {"MY_SETTING": "on"}
     assert cli(fresh, "wait", "mod", "--timeout", "200", check_rc=0).stdout.strip() == f"{rec['id']} Complete"
     assert cli_json(fresh, "progress", "mod") is None  # tracking off: nothing injected, no progress
@@ -339,7 +339,7 @@ def test_demo_trains_and_prints_result(fresh):
     assert re.search(r"final metrics: loss \d", proc.stdout)
     assert "trainjob dashboard" in proc.stdout
     job = cli_json(fresh, "ls")[0]
-    assert job["name"] == "demo" and job["status"] == "Complete" and job["progress"]["currentStep"] == 20
+    assert re.match(r"^demo-[a-z0-9]{6}$", job["name"]) and job["status"] == "Complete" and job["progress"]["currentStep"] == 20
 
 
 def _wheel_index(root: Path) -> str:
@@ -443,3 +443,33 @@ def test_a_running_job_with_no_recent_step_is_flagged(tmp_path):
     assert no_step_for(JobStatus.COMPLETE, old, now) is None and no_step_for(JobStatus.RUNNING, None, now) is None
     cell = status_cell({"status": "Running", "queue_position": None, "no_step_for_seconds": 185})
     assert cell.plain == "Running (no step for 3m05s)"
+
+
+# ---- names, labels, runtimes (issue 13) ------------------------------------------------------
+@pytest.mark.slow
+def test_labels_names_and_runtimes(fresh, tmp_path):
+    script = tmp_path / "hello.py"
+    script.write_text("print('hello')\n")
+    a = cli(fresh, "run", "--name", "labelled", "--label", "team=nlp", "--label", "tier=gold", "--annotation", "owner=ana v", str(script), check_rc=0)
+    assert a.stdout.strip() == "labelled"
+    b = cli(fresh, "run", "--label", "team=cv", str(script), check_rc=0).stdout.strip()
+    assert ID.match(b)  # no --name: 12 random characters
+    taken = cli(fresh, "run", "--name", "labelled", str(script))
+    assert taken.returncode == 2 and "--name: Name='labelled'" in taken.stderr and "no other job has" in taken.stderr
+    bad = cli(fresh, "run", "--name", "Bad_Name", "--label", "team=n l p", str(script))
+    assert bad.returncode == 2 and "--name" in bad.stderr and "DNS-1035" in bad.stderr
+    bad_label = cli(fresh, "run", "--label", "team=n l p", str(script))
+    assert bad_label.returncode == 2 and "--label: Labels['team']" in bad_label.stderr
+    for job in ("labelled", b):
+        cli(fresh, "wait", job, "--timeout", "120", check_rc=0)
+    assert [j["id"] for j in cli_json(fresh, "ls", "-l", "team=nlp")] == ["labelled"]
+    assert [j["id"] for j in cli_json(fresh, "ls", "-l", "team=cv", "-l", "tier=gold")] == []
+    table = cli(fresh, "ls", check_rc=0).stdout
+    assert "LABELS" in table and "team=nlp,tier=gold" in table and "team=cv" in table
+    rec = cli_json(fresh, "status", "labelled")
+    assert rec["labels"] == {"team": "nlp", "tier": "gold"} and rec["annotations"] == {"owner": "ana v"} and rec["runtime"] == "torch-distributed"
+    assert "owner=ana v" in cli(fresh, "status", "labelled", check_rc=0).stdout
+    runtimes = cli_json(fresh, "runtimes")
+    assert [r["name"] for r in runtimes] == ["torch-distributed"] and runtimes[0]["framework"] == "torch" and int(runtimes[0]["device_count"]) >= 1
+    packages = cli(fresh, "runtimes", "--packages", check_rc=0).stdout
+    assert "torch-distributed" in packages and re.search(r"^\s+torch==", packages, re.M)

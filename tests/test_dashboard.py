@@ -186,13 +186,18 @@ def test_token_is_checked_on_every_request(home):
 def test_api_serves_a_finished_job(client, dashboard):
     from trainjob.demo import train_tiny_gpt2
 
-    job_id = client.train(TransformersTrainer(func=train_tiny_gpt2, func_args={"max_steps": 30, "eval_steps": 10, "save_steps": None}), name="api-job")
+    from trainjob.options import Labels
+
+    trainer = TransformersTrainer(func=train_tiny_gpt2, func_args={"max_steps": 30, "eval_steps": 10, "save_steps": None})
+    job_id = client.train(trainer=trainer, options=[Labels({"team": "nlp"})], name="api-job")
     client.wait_for_job_completion(job_id, timeout=240)
     d = dashboard
 
     jobs = d.get_json("/api/jobs")["jobs"]
-    assert [j["id"] for j in jobs] == [job_id] and jobs[0]["name"] == "api-job"
+    assert [j["id"] for j in jobs] == [job_id] and jobs[0]["name"] == "api-job" and jobs[0]["labels"] == {"team": "nlp"}
     assert d.get_json("/api/jobs?status=Running") == {"jobs": []}
+    assert [j["name"] for j in d.get_json("/api/jobs?label=team=nlp")["jobs"]] == ["api-job"]
+    assert d.get_json("/api/jobs?label=team=cv") == {"jobs": []}
     job = d.get_json(f"/api/jobs/{job_id}")
     assert job["status"] == "Complete" and job["progress"]["currentStep"] == 30 and job["progress"]["progressPercentage"] == 100
     assert d.get_json(f"/api/jobs/{job_id}/progress")["totalSteps"] == 30

@@ -17,14 +17,16 @@ from trainjob.errors import (
     TrainJobError,
     ValidationError,
 )
-from trainjob.trainers import CustomTrainer, TransformersTrainer
-from trainjob.types import Event, JobStatus, Result, Step, TrainJob
+from trainjob.trainers import BuiltinTrainer, CustomTrainer, CustomTrainerContainer, TransformersTrainer
+from trainjob.types import Event, JobStatus, Result, Runtime, RuntimeKind, RuntimeTrainer, Step, TrainerType, TrainJob
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "BuiltinTrainer",
     "CustomTrainer",
+    "CustomTrainerContainer",
     "Event",
     "JobFailedError",
     "JobNotFoundError",
@@ -36,11 +38,15 @@ __all__ = [
     "RayBackendConfig",
     "ResourcesUnavailableError",
     "Result",
+    "Runtime",
+    "RuntimeKind",
+    "RuntimeTrainer",
     "SerializationError",
     "Step",
     "TrainJob",
     "TrainJobError",
     "TrainerClient",
+    "TrainerType",
     "TransformersTrainer",
     "ValidationError",
 ]

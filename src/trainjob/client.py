@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 from trainjob.backends import Backend, create_backend
 from trainjob.config import LocalBackendConfig
 from trainjob.errors import JobFailedError, JobStateError, JobTimeoutError, Problem, ValidationError
-from trainjob.trainers import CustomTrainer
-from trainjob.types import Event, JobStatus, LogChunk, Result, TrainJob
+from trainjob.options import Name, apply_options, name_problem
+from trainjob.trainers import BuiltinTrainer, CustomTrainer, CustomTrainerContainer
+from trainjob.types import Event, JobStatus, LogChunk, Result, Runtime, TrainJob
 
 
 class TrainerClient:
@@ -24,63 +26,137 @@ class TrainerClient:
         self.backend_config = backend_config if backend_config is not None else LocalBackendConfig()
         self.backend: Backend = create_backend(self.backend_config)
 
-    # ---- submit ------------------------------------------------------------------------
-    def train(self, trainer: CustomTrainer, name: str | None = None, resume: str | None = None) -> str:
-        """Start a job and return its 12-character id at once.
+    # ---- runtimes ----------------------------------------------------------------------
+    def list_runtimes(self) -> list[Runtime]:
+        """The runtimes this backend offers: ``torch-distributed`` (this machine's, or the Ray cluster's)."""
+        return self.backend.list_runtimes()
 
-        ``resume``: the id of an ended (stopped or failed) job; the new job continues from that
-        job's newest complete checkpoint.
+    def get_runtime(self, name: str) -> Runtime:
+        """The runtime called ``name``; an unknown name is a ``ValidationError`` (a ``ValueError``) listing the known ones."""
+        runtimes = self.backend.list_runtimes()
+        for rt in runtimes:
+            if rt.name == name:
+                return rt
+        known = ", ".join(repr(rt.name) for rt in runtimes)
+        raise ValidationError([Problem("runtime", name, f"a runtime of the {self.backend.name} backend: {known}")], "get_runtime()")
+
+    def get_runtime_packages(self, runtime: Runtime | str) -> list[str]:
+        """The runtime's Python packages, ``name==version``, sorted (Kubeflow prints them; trainjob
+        returns them: a notebook shows the list, ``trainjob runtimes --packages`` prints it)."""
+        rt = self.get_runtime(runtime.name if isinstance(runtime, Runtime) else runtime)  # unknown: ValidationError
+        return self.backend.runtime_packages(rt)
+
+    # ---- submit ------------------------------------------------------------------------
+    def train(
+        self,
+        runtime: str | Runtime | CustomTrainer | None = None,
+        initializer: Any = None,
+        trainer: CustomTrainer | CustomTrainerContainer | BuiltinTrainer | None = None,
+        options: list[Any] | None = None,
+        *,
+        resume: str | None = None,
+        name: str | None = None,
+    ) -> str:
+        """Start a job and return its name (its identifier) at once. Kubeflow's signature.
+
+        ``runtime``: a ``Runtime`` or its name (default ``torch-distributed``); a trainer given
+        here, as in ``train(TransformersTrainer(...))``, counts as ``trainer=``. ``options``:
+        ``trainjob.options`` (``Name``, ``Labels``, ``Annotations``, ``ActiveDeadlineSeconds``,
+        ``TrainerCommand``, ``TrainerArgs``). Beyond Kubeflow, keyword-only: ``resume``, the name
+        of an ended (stopped or failed) job whose newest complete checkpoint the new job
+        continues from; ``name``, the same as ``options=[Name(name)]``.
         """
+        if trainer is None and isinstance(runtime, (CustomTrainer, CustomTrainerContainer, BuiltinTrainer)):
+            runtime, trainer = None, runtime  # train(trainer): trainjob's original calling style
+        backend = self.backend.name
         problems = []
-        if not isinstance(trainer, CustomTrainer):
+        if runtime is not None:
+            wanted = runtime.name if isinstance(runtime, Runtime) else runtime
+            known = [rt.name for rt in self.backend.list_runtimes()]
+            if wanted not in known:
+                problems.append(Problem("runtime", wanted, f"a runtime of the {backend} backend: {', '.join(map(repr, known))} (list_runtimes())"))
+        if initializer is not None:
+            problems.append(Problem("initializer", type(initializer).__name__, f"None: initializers are not built on the {backend} backend yet; download the model or dataset in the training function"))
+        if isinstance(trainer, CustomTrainerContainer):
+            problems.append(Problem("trainer", "CustomTrainerContainer", f"a CustomTrainer or TransformersTrainer: the {backend} backend runs no container images; run the code with CustomTrainer(func=...) or options=[TrainerCommand([...])]"))
+        elif isinstance(trainer, BuiltinTrainer):
+            problems.append(Problem("trainer", "BuiltinTrainer", f"a CustomTrainer or TransformersTrainer: the {backend} backend has no built-in (TorchTune) trainers"))
+        elif trainer is not None and not isinstance(trainer, CustomTrainer):
             problems.append(Problem("trainer", trainer, "a TransformersTrainer(...) or CustomTrainer(...)"))
-        if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 128):
-            problems.append(Problem("name", name, "a non-empty string of at most 128 characters"))
+        if name is not None:
+            problem = name_problem(name, "name")
+            if problem:
+                problems.append(problem)
         if problems:
             raise ValidationError(problems, "train()")
-        return self.backend.train(trainer, name=name, resume_from=resume)
+        sub = apply_options(([Name(name)] if name is not None else []) + list(options or []), trainer, backend)
+        if sub.trainer is None:
+            raise ValidationError([Problem("trainer", None, "a TransformersTrainer(...) or CustomTrainer(...), or options=[TrainerCommand([...])]")], "train()")
+        if sub.trainer.image is not None:
+            warnings.warn(
+                f"CustomTrainer(image={sub.trainer.image!r}) is recorded but not used: the {backend} backend runs the job in its own "
+                "Python environment (packages_to_install adds packages to it)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self.backend.train(sub.trainer, name=sub.name, resume_from=resume, labels=sub.labels, annotations=sub.annotations)
 
     # ---- read --------------------------------------------------------------------------
-    def list_jobs(self, status: str | JobStatus | Iterable[str | JobStatus] | None = None) -> list[TrainJob]:
-        """Every job, oldest first; ``status`` filters (one status or several)."""
-        return self.backend.list_jobs(_status_set(status))
+    def list_jobs(
+        self,
+        runtime: Runtime | str | None = None,
+        *,
+        status: str | JobStatus | Iterable[str | JobStatus] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> list[TrainJob]:
+        """Every job, oldest first. Kubeflow's ``runtime`` filter, and trainjob's: ``status`` (one
+        status or several), ``labels`` (jobs carrying every one of these labels)."""
+        if labels is not None and (not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+            raise ValidationError([Problem("labels", labels, 'a dict of str to str, e.g. {"team": "nlp"}')], "list_jobs()")
+        jobs = self.backend.list_jobs(_status_set(status))
+        if runtime is not None:
+            wanted = runtime.name if isinstance(runtime, Runtime) else runtime
+            jobs = [j for j in jobs if j.runtime is None or j.runtime.name == wanted]
+        if labels:
+            jobs = [j for j in jobs if all(j.labels.get(k) == v for k, v in labels.items())]
+        return jobs
 
-    def get_job(self, job_id: str) -> TrainJob:
-        return self.backend.get_job(job_id)
+    def get_job(self, name: str) -> TrainJob:
+        return self.backend.get_job(name)
 
-    def get_job_logs(self, job_id: str, step: str = "node-0", follow: bool = False) -> Iterator[str]:
+    def get_job_logs(self, name: str, step: str = "node-0", follow: bool = False) -> Iterator[str]:
         """Log lines of one node (``node-0``), one rank (``rank-1``) or the supervisor (``supervisor``).
 
         With ``follow=True`` the iterator streams new lines until the job ends.
         """
-        return self.backend.get_job_logs(job_id, step=step, follow=follow)
+        return self.backend.get_job_logs(name, step=step, follow=follow)
 
-    def read_job_logs(self, job_id: str, step: str = "node-0", cursor: str | None = None) -> LogChunk:
+    def read_job_logs(self, name: str, step: str = "node-0", cursor: str | None = None) -> LogChunk:
         """A piece of a log for a poller: the tail first (``cursor`` None), then what follows.
 
         Pass the returned ``cursor`` to the next call. Reads by byte range on the local backend,
         so polling a huge log costs the same as a small one. ``step`` as in ``get_job_logs``.
         """
-        return self.backend.read_job_logs(job_id, step=step, cursor=cursor)
+        return self.backend.read_job_logs(name, step=step, cursor=cursor)
 
-    def get_job_events(self, job_id: str) -> list[Event]:
-        return self.backend.get_job_events(job_id)
+    def get_job_events(self, name: str) -> list[Event]:
+        return self.backend.get_job_events(name)
 
-    def get_job_progress(self, job_id: str) -> dict[str, Any] | None:
+    def get_job_progress(self, name: str) -> dict[str, Any] | None:
         """Live progress (DESIGN.md section 3); None before the first step or without tracking."""
-        return self.backend.get_job_progress(job_id)
+        return self.backend.get_job_progress(name)
 
-    def get_job_metrics(self, job_id: str) -> list[dict[str, Any]]:
+    def get_job_metrics(self, name: str) -> list[dict[str, Any]]:
         """Every entry the job's Trainers logged, in order, each with ``step``, ``time``, ``attempt``."""
-        return self.backend.get_job_metrics(job_id)
+        return self.backend.get_job_metrics(name)
 
-    def get_job_result(self, job_id: str) -> Result:
-        return self.backend.get_job_result(job_id)
+    def get_job_result(self, name: str) -> Result:
+        return self.backend.get_job_result(name)
 
     # ---- wait --------------------------------------------------------------------------
     def wait_for_job_status(
         self,
-        job_id: str,
+        name: str,
         status: set[str] | set[JobStatus] | str = frozenset({JobStatus.COMPLETE}),
         timeout: float | None = 600,
         polling_interval: float = 2,
@@ -97,50 +173,50 @@ class TrainerClient:
             raise ValidationError([Problem("polling_interval", polling_interval, "a positive number of seconds")], "wait_for_job_status()")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = self.get_job(job_id)
+            job = self.get_job(name)
             for cb in callbacks or ():
                 cb(job)
             if job.status in wanted:
                 return job
             if job.status == JobStatus.COMPLETE:  # it ended well, just not where the caller waited for
-                raise JobStateError(f"job {job_id} ended Complete without reaching {', '.join(sorted(s.value for s in wanted))}")
+                raise JobStateError(f"job {name} ended Complete without reaching {', '.join(sorted(s.value for s in wanted))}")
             if job.status.is_terminal:
-                raise JobFailedError(job_id, job.status.value, self._error_of(job_id))
+                raise JobFailedError(name, job.status.value, self._error_of(name))
             if deadline is not None and time.monotonic() >= deadline:
-                raise JobTimeoutError(job_id, sorted(s.value for s in wanted), job.status.value, timeout or 0)
+                raise JobTimeoutError(name, sorted(s.value for s in wanted), job.status.value, timeout or 0)
             time.sleep(polling_interval if deadline is None else max(0.0, min(polling_interval, deadline - time.monotonic())))
 
     def wait_for_job_completion(
-        self, job_id: str, timeout: float | None = None, show_progress: bool = False, polling_interval: float = 0.5
+        self, name: str, timeout: float | None = None, show_progress: bool = False, polling_interval: float = 0.5
     ) -> TrainJob:
         """Wait until the job is Complete; raises ``JobFailedError`` with the job's error otherwise.
 
         ``show_progress=True`` draws a live bar (step, ETA, loss) in a terminal or a notebook.
         """
         if not show_progress:
-            return self.wait_for_job_status(job_id, {JobStatus.COMPLETE}, timeout=timeout, polling_interval=polling_interval)
+            return self.wait_for_job_status(name, {JobStatus.COMPLETE}, timeout=timeout, polling_interval=polling_interval)
         from trainjob.progressbar import ProgressDisplay
 
-        with ProgressDisplay(job_id) as bar:
+        with ProgressDisplay(name) as bar:
             return self.wait_for_job_status(
-                job_id,
+                name,
                 {JobStatus.COMPLETE},
                 timeout=timeout,
                 polling_interval=polling_interval,
-                callbacks=[lambda job: bar.update(job, self.get_job_progress(job_id))],
+                callbacks=[lambda job: bar.update(job, self.get_job_progress(name))],
             )
 
-    def _error_of(self, job_id: str) -> dict[str, Any] | None:
-        return self.get_job_result(job_id).error
+    def _error_of(self, name: str) -> dict[str, Any] | None:
+        return self.get_job_result(name).error
 
     # ---- control -----------------------------------------------------------------------
-    def stop_job(self, job_id: str) -> None:
+    def stop_job(self, name: str) -> None:
         """Graceful stop: every rank saves a checkpoint at the same step, then the job is Stopped."""
-        self.backend.stop_job(job_id)
+        self.backend.stop_job(name)
 
-    def delete_job(self, job_id: str) -> None:
+    def delete_job(self, name: str) -> None:
         """End the job's processes if it runs, then remove its record and files."""
-        self.backend.delete_job(job_id)
+        self.backend.delete_job(name)
 
 
 def _status_set(status: Any) -> set[JobStatus] | None:

@@ -3,6 +3,12 @@
 Every message says what was given, what is allowed and, where it helps, what to do. Errors
 survive pickling (they cross process boundaries: job ranks, supervisors, Ray workers), so each
 class keeps its constructor arguments in ``args`` order via ``__reduce__``.
+
+They are also the built-in classes Kubeflow Trainer SDK callers catch, so code written for
+``kubeflow.trainer`` handles them unchanged: ``ValidationError`` is a ``ValueError``;
+``JobNotFoundError``, ``JobFailedError``, ``JobStateError`` and ``BackendError`` are
+``RuntimeError``s (``JobNotFoundError`` stays a ``KeyError`` too); ``JobTimeoutError`` is a
+``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -62,21 +68,24 @@ class SerializationError(ValidationError):
     """The training function (or its arguments) cannot be serialized to run in another process."""
 
 
-class JobNotFoundError(TrainJobError, KeyError):
-    """No job with this id exists (it was never created, or was deleted)."""
+class JobNotFoundError(TrainJobError, KeyError, RuntimeError):
+    """No job with this name exists (it was never created, or was deleted).
+
+    ``job_id`` is the name asked for (a job's name is its id).
+    """
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(job_id)
 
     def __str__(self) -> str:
-        return f"no job with id {self.job_id!r}; list jobs with TrainerClient().list_jobs() or `trainjob ls`"
+        return f"no job named {self.job_id!r}; list jobs with TrainerClient().list_jobs() or `trainjob ls`"
 
     def __reduce__(self):
         return (type(self), (self.job_id,))
 
 
-class JobFailedError(TrainJobError):
+class JobFailedError(TrainJobError, RuntimeError):
     """A job ended Failed (or Stopped while the caller waited for completion).
 
     ``error`` is the job's recorded error: the first failing rank, the exception type and message,
@@ -123,11 +132,11 @@ class JobTimeoutError(TrainJobError, TimeoutError):
         return (type(self), (self.job_id, self.wanted, self.last_status, self.timeout))
 
 
-class BackendError(TrainJobError):
+class BackendError(TrainJobError, RuntimeError):
     """The backend could not do what was asked (cluster unreachable, missing optional dependency...)."""
 
 
-class JobStateError(TrainJobError):
+class JobStateError(TrainJobError, RuntimeError):
     """The operation does not apply to the job in its current state (e.g. resuming a running job)."""
 
 

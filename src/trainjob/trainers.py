@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,19 +36,27 @@ class CustomTrainer:
     - ``module``: a module run like ``python -m module script_args...``.
 
     Ranks run in the job's ``workdir`` folder: relative paths in user code land there.
+
+    Positional arguments are Kubeflow's, in Kubeflow's order: ``CustomTrainer(func, func_args,
+    image, packages_to_install, pip_index_urls, num_nodes, resources_per_node, env)``; the rest
+    are keyword-only. ``image`` is recorded; the local and Ray backends run the code in their own
+    Python environment and warn that the image is not used. ``num_nodes=None`` (Kubeflow's
+    default: the runtime's) is one node.
     """
 
     func: Callable[..., Any] | str | None = None
     func_args: dict[str, Any] | None = None
+    image: str | None = None
+    packages_to_install: list[str] | None = None
+    pip_index_urls: list[str] | None = None
+    num_nodes: int | None = 1
+    resources_per_node: dict[str, Any] | None = None
+    env: dict[str, str] | None = None
+    _: KW_ONLY
     script: str | os.PathLike | None = None
     module: str | None = None
     script_args: list[str] | None = None
-    packages_to_install: list[str] | None = None
-    pip_index_urls: list[str] | None = None
-    num_nodes: int = 1
-    resources_per_node: dict[str, Any] | None = None
     num_procs_per_node: int | None = None
-    env: dict[str, str] | None = None
     max_restarts: int = 0
     # Ending: every job ends, whatever its code does (see docs/fault-tolerance.md).
     active_deadline_seconds: int | None = None  # Kubeflow's: past it the job fails with reason DeadlineExceeded
@@ -61,6 +69,8 @@ class CustomTrainer:
     metrics_port: int = field(default=28080, init=False)
 
     def __post_init__(self) -> None:
+        if self.num_nodes is None:
+            self.num_nodes = 1  # Kubeflow's None: the runtime's default, one node here
         problems = self._validate()
         if problems:
             raise ValidationError(problems, type(self).__name__)
@@ -106,6 +116,8 @@ class CustomTrainer:
     def _validate(self) -> list[Problem]:
         p: list[Problem] = []
         self._validate_entrypoint(p)
+        if self.image is not None and (not isinstance(self.image, str) or not self.image.strip()):
+            p.append(Problem("image", self.image, "a container image reference such as 'pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime', or None"))
         _check_str_list(p, "packages_to_install", self.packages_to_install, "pip requirement strings such as 'trl' or 'peft==0.21.2'")
         for i, req in enumerate(self.packages_to_install or []):
             if isinstance(req, str) and req.strip():
@@ -187,8 +199,13 @@ class TransformersTrainer(CustomTrainer):
     serves the progress JSON at ``GET /metrics`` on ``metrics_port``. With ``False`` nothing is
     injected. ``custom_metrics`` maps a logged name to an exposed name; an exposed name starting
     with ``eval_`` goes to ``evalMetrics``, others to ``trainMetrics``.
+
+    Positional arguments are RHAI's: ``TransformersTrainer(func, func_args, packages_to_install,
+    pip_index_urls, num_nodes, resources_per_node, env, enable_progression_tracking,
+    custom_metrics, metrics_port)``; ``image`` is keyword-only here.
     """
 
+    image: str | None = field(default=None, kw_only=True)
     enable_progression_tracking: bool = True
     custom_metrics: dict[str, str] | None = None
     metrics_port: int = 28080
@@ -212,6 +229,32 @@ class TransformersTrainer(CustomTrainer):
             if self.enable_progression_tracking is False:
                 p.append(Problem("progress_timeout", self.progress_timeout, "None when enable_progression_tracking=False (steps are only seen with tracking on)"))
         return p
+
+
+@dataclass
+class CustomTrainerContainer:
+    """Kubeflow's trainer that runs a container image's own command.
+
+    Accepted so Kubeflow code imports and builds unchanged; the local and Ray backends cannot
+    run a container and refuse it in ``train()`` (run the same code with ``CustomTrainer``, or a
+    script with ``options=[TrainerCommand([...])]``).
+    """
+
+    image: str
+    num_nodes: int | None = None
+    resources_per_node: dict[str, Any] | None = None
+    env: dict[str, str] | None = None
+
+
+@dataclass
+class BuiltinTrainer:
+    """Kubeflow's built-in trainer (a ``TorchTuneConfig`` run by a TorchTune image).
+
+    Accepted so Kubeflow code imports and builds unchanged; no trainjob backend runs TorchTune
+    recipes yet, so ``train()`` refuses it.
+    """
+
+    config: Any
 
 
 def requirement_problem(req: str) -> str | None:

@@ -1,6 +1,9 @@
 """The records a user gets back: jobs, statuses, events, results.
 
-Names follow the Kubeflow Trainer SDK (``TrainJob``, ``Step``, ``Event``) where they exist.
+Names follow the Kubeflow Trainer SDK (``TrainJob``, ``Step``, ``Event``, ``Runtime``) where they
+exist, and each carries Kubeflow's fields (``TrainJob.creation_timestamp``, ``Step.pod_name``,
+``Event.event_time``...) next to trainjob's own (``TrainJob.id``, ``created_at``, ``Step.pids``),
+so code written for ``kubeflow.trainer`` reads them unchanged.
 """
 
 from __future__ import annotations
@@ -45,20 +48,79 @@ class JobStatus(str, enum.Enum):
 _TERMINAL = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.STOPPED})
 
 
+UNKNOWN = "Unknown"  # Kubeflow's value for a device or count nobody can tell
+
+
+class TrainerType(str, enum.Enum):
+    """Which trainer class a runtime runs (Kubeflow's ``TrainerType``)."""
+
+    CUSTOM_TRAINER = "CustomTrainer"
+    BUILTIN_TRAINER = "BuiltinTrainer"
+
+
+class RuntimeKind(str, enum.Enum):
+    """Kubeflow's runtime kinds; trainjob's runtimes are ``TrainingRuntime``s of one backend."""
+
+    CLUSTER_TRAINING_RUNTIME = "ClusterTrainingRuntime"
+    TRAINING_RUNTIME = "TrainingRuntime"
+
+
+@dataclass(frozen=True)
+class RuntimeTrainer:
+    """What a runtime's trainer is (Kubeflow's fields first).
+
+    ``image`` is where the code runs: ``"local"`` (this machine's Python environment) or
+    ``"ray"`` (the Ray cluster's). ``device``/``device_count`` are what the backend offers (``gpu``
+    and the GPUs found, else ``cpu`` and the CPUs), as strings like Kubeflow's.
+    """
+
+    trainer_type: TrainerType
+    framework: str
+    image: str
+    num_nodes: int = 1
+    device: str = UNKNOWN
+    device_count: str = UNKNOWN
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A training runtime: what ``train(runtime=...)`` runs on (Kubeflow's ``Runtime``).
+
+    ``resources`` (trainjob's) is what the backend has in all: ``cpu``, ``memory`` (bytes),
+    ``gpu``, and on Ray ``nodes``.
+    """
+
+    name: str
+    trainer: RuntimeTrainer
+    kind: RuntimeKind = RuntimeKind.TRAINING_RUNTIME
+    pretrained_model: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Step:
-    """One node of a job (Kubeflow calls them steps): ``node-0``, ``node-1``..."""
+    """One node of a job (Kubeflow calls them steps): ``node-0``, ``node-1``...
+
+    ``pod_name`` (Kubeflow's) names the node's process group: ``<job>-node-<k>``.
+    """
 
     name: str
     status: JobStatus
     device: str  # "cpu" or "gpu"
     device_count: int  # processes (ranks) on this node
     pids: tuple[int, ...] = ()
+    pod_name: str = ""
 
 
 @dataclass(frozen=True)
 class TrainJob:
-    """A snapshot of one job as the store knows it."""
+    """A snapshot of one job as the store knows it.
+
+    A job's ``name`` is its identifier (``id`` is the same string, kept for existing code):
+    ``options=[Name("x")]`` chooses it, else it is 12 random characters. Kubeflow's fields:
+    ``name``, ``runtime``, ``steps``, ``num_nodes``, ``creation_timestamp`` (= ``created_at``),
+    ``status``.
+    """
 
     id: str
     name: str
@@ -75,6 +137,14 @@ class TrainJob:
     queue_position: int | None = None
     spec: dict[str, Any] = field(default_factory=dict)  # the trainer spec, secrets masked
     job_dir: Path | None = None
+    runtime: Runtime | None = None  # Kubeflow's: the runtime it runs on
+    labels: dict[str, str] = field(default_factory=dict)  # options=[Labels({...})]
+    annotations: dict[str, str] = field(default_factory=dict)  # options=[Annotations({...})]
+
+    @property
+    def creation_timestamp(self) -> datetime:
+        """Kubeflow's name for ``created_at``."""
+        return self.created_at
 
     @property
     def runtime_seconds(self) -> float | None:
@@ -86,12 +156,23 @@ class TrainJob:
 
 @dataclass(frozen=True)
 class Event:
-    """Something that happened to a job: created, started, a rank's exit, a checkpoint save..."""
+    """Something that happened to a job: created, started, a rank's exit, a checkpoint save...
+
+    Kubeflow's fields: ``involved_object_kind`` (``"TrainJob"``), ``involved_object_name`` (the
+    job's name), ``message``, ``reason``, ``event_time`` (= ``time``).
+    """
 
     time: datetime
     reason: str
     message: str
     data: dict[str, Any] = field(default_factory=dict)
+    involved_object_kind: str = "TrainJob"
+    involved_object_name: str = ""
+
+    @property
+    def event_time(self) -> datetime:
+        """Kubeflow's name for ``time``."""
+        return self.time
 
 
 @dataclass(frozen=True)

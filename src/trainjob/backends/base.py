@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Iterator
 
 from trainjob.trainers import CustomTrainer
-from trainjob.types import Event, JobStatus, LogChunk, Result, TrainJob
+from trainjob.types import Event, JobStatus, LogChunk, Result, Runtime, TrainJob
 
 TAIL_LINES = 400  # lines of a first read_job_logs in the line-based default
 CHUNK_LINES = 5000  # most lines of a later one
@@ -22,8 +22,31 @@ class Backend(ABC):
     name: str = "base"
 
     @abstractmethod
-    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None) -> str:
-        """Validate against the target, start the job, and return its id without waiting for it."""
+    def train(
+        self,
+        trainer: CustomTrainer,
+        name: str | None = None,
+        resume_from: str | None = None,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> str:
+        """Validate against the target, start the job, and return its name without waiting for it.
+
+        ``name`` (already DNS-1035-checked by the client) becomes the job's identifier; one in
+        use is a ``ValidationError``. None: 12 random characters.
+        """
+
+    def list_runtimes(self) -> list[Runtime]:
+        """The runtimes this backend offers; by default this machine's ``torch-distributed``."""
+        from trainjob.runtimes import local_runtime
+
+        return [local_runtime()]
+
+    def runtime_packages(self, runtime: Runtime) -> list[str]:
+        """``name==version`` of every package a job of ``runtime`` sees (the base environment's)."""
+        from trainjob.runtimes import installed_packages
+
+        return installed_packages()
 
     @abstractmethod
     def list_jobs(self, status: set[JobStatus] | None = None) -> list[TrainJob]: ...

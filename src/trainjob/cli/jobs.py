@@ -10,18 +10,22 @@ import typer
 
 from trainjob.cli import common
 from trainjob.cli.common import EXIT_FAILED, EXIT_USAGE, OUTCOME_EXIT, CliExit, JobIdArg, Output, OutputOpt, err, out
-from trainjob.cli.records import event_record, job_record, result_record
-from trainjob.cli.render import events_table, job_detail, jobs_table, metrics_table, progress_line, result_view
+from trainjob.cli.records import event_record, job_record, result_record, runtime_record
+from trainjob.cli.render import events_table, job_detail, jobs_table, metrics_table, progress_line, result_view, runtimes_table
 
 
 def ls(
     status: Annotated[Optional[list[str]], typer.Option("--status", "-s", help="Only jobs in this status (repeatable or comma-separated): Created, Queued, Running, Complete, Failed, Stopped.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only job ids, one per line.")] = False,
+    label: Annotated[Optional[list[str]], typer.Option("--label", "-l", help="Only jobs with this label KEY=VALUE (repeatable: every one must match).", show_default=False)] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """List jobs, oldest first, with status, progress, ETA and age."""
+    """List jobs, oldest first, with status, progress, ETA, age and labels."""
     c = common.client()
-    jobs = c.list_jobs(status=common.status_filter(status))
+    labels, problems = common.parse_pairs(label, "--label", "team=nlp")
+    if problems:
+        raise CliExit(EXIT_USAGE, "error: " + "; ".join(str(p) for p in problems))
+    jobs = c.list_jobs(status=common.status_filter(status), labels=labels or None)
     if quiet:
         for j in jobs:
             out.print(j.id)
@@ -30,7 +34,7 @@ def ls(
     if output is Output.json:
         common.dump(records)
     elif not records:
-        err.print("no jobs" + (" with that status" if status else "; start one with: trainjob demo"))
+        err.print("no jobs" + (" with that status or label" if status or label else "; start one with: trainjob demo"))
     else:
         out.print(jobs_table(records))
 
@@ -224,3 +228,21 @@ def delete(
 
 def _title(job) -> str:
     return job.id if job.name == job.id else f"{job.name} ({job.id})"
+
+
+def runtimes(
+    packages: Annotated[bool, typer.Option("--packages", help="Also list each runtime's Python packages (name==version).")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """List the training runtimes (Kubeflow's list_runtimes): framework, device and what the backend has."""
+    c = common.client()
+    records = [runtime_record(rt, c.get_runtime_packages(rt) if packages else None) for rt in c.list_runtimes()]
+    if output is Output.json:
+        common.dump(records)
+        return
+    out.print(runtimes_table(records))
+    for r in records:
+        if r.get("packages") is not None:
+            out.print(f"\n{r['name']} packages:")
+            for line in r["packages"]:
+                out.print(f"  {line}")

@@ -39,6 +39,7 @@ app.command(
 )(run.run)
 app.command("demo", rich_help_panel=_SUBMIT)(run.demo)
 app.command("ls", rich_help_panel=_READ)(jobs.ls)
+app.command("runtimes", rich_help_panel=_READ)(jobs.runtimes)
 app.command("status", rich_help_panel=_READ)(jobs.status)
 app.command("progress", rich_help_panel=_READ)(jobs.progress)
 app.command("logs", rich_help_panel=_READ)(jobs.logs)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import PurePath
 from typing import Any
 
-from trainjob.types import Event, JobStatus, Result, TrainJob
+from trainjob.types import Event, JobStatus, Result, Runtime, TrainJob
 
 # Keys of a logged entry that are bookkeeping, not metrics.
 BOOKKEEPING_KEYS = ("step", "epoch", "time", "attempt")
@@ -91,8 +91,11 @@ def job_record(job: TrainJob, progress: dict[str, Any] | None = None) -> dict[st
             "message": job.message,
             "queue_position": job.queue_position,
             "entrypoint": entrypoint_text(job.spec),
+            "labels": job.labels,
+            "annotations": job.annotations,
+            "runtime": job.runtime.name if job.runtime else None,
             "steps": [
-                {"name": s.name, "status": s.status.value, "device": s.device, "device_count": s.device_count, "pids": list(s.pids)}
+                {"name": s.name, "status": s.status.value, "device": s.device, "device_count": s.device_count, "pids": list(s.pids), "pod_name": s.pod_name}
                 for s in job.steps
             ],
             "progress": progress,
@@ -101,6 +104,25 @@ def job_record(job: TrainJob, progress: dict[str, Any] | None = None) -> dict[st
             "job_dir": job.job_dir,
         }
     )
+
+
+def runtime_record(rt: Runtime, packages: list[str] | None = None) -> dict[str, Any]:
+    """What ``trainjob runtimes -o json`` says about one runtime (Kubeflow's fields, plus resources)."""
+    t = rt.trainer
+    record = {
+        "name": rt.name,
+        "kind": rt.kind.value,
+        "trainer_type": t.trainer_type.value,
+        "framework": t.framework,
+        "image": t.image,
+        "num_nodes": t.num_nodes,
+        "device": t.device,
+        "device_count": t.device_count,
+        "resources": rt.resources,
+    }
+    if packages is not None:
+        record["packages"] = packages
+    return jsonable(record)
 
 
 def no_step_for(status: JobStatus, progress: dict[str, Any] | None, now: datetime | None = None) -> int | None:

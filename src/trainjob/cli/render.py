@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trainjob.cli.records import metric_keys
+from trainjob.resources import format_bytes
 
 STATUS_STYLE = {
     "Created": "cyan",
@@ -140,8 +141,8 @@ def progress_line(job: dict[str, Any], width: int = 30) -> Group:
 
 def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
     t = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("ID", "NAME", "STATUS", "PROGRESS", "STEP", "LOSS", "ETA", "AGE", "RUNTIME"):
-        t.add_column(col, no_wrap=col in ("ID", "STATUS", "AGE"), overflow="fold")
+    for col in ("NAME", "STATUS", "PROGRESS", "STEP", "LOSS", "ETA", "AGE", "RUNTIME", "LABELS"):
+        t.add_column(col, no_wrap=col in ("NAME", "STATUS", "AGE"), overflow="fold")
     now = datetime.now(timezone.utc)
     for j in jobs:
         p = j.get("progress") or {}
@@ -149,7 +150,6 @@ def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
         step = p.get("currentStep")
         t.add_row(
             j["id"],
-            escape(j["name"]) if j["name"] != j["id"] else "",
             status_cell(j),
             f"{pct}%" if pct is not None else "-",
             f"{step}/{p.get('totalSteps') or '?'}" if step is not None else "-",
@@ -157,7 +157,24 @@ def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
             fmt_duration(p.get("estimatedRemainingSeconds")) if not j["is_terminal"] else "-",
             fmt_age(j["created_at"], now),
             fmt_duration(j["runtime_seconds"]),
+            escape(pairs_text(j.get("labels"))),
         )
+    return t
+
+
+def pairs_text(pairs: dict[str, str] | None) -> str:
+    """Labels or annotations as ``k=v,k2=v2`` (empty when there are none)."""
+    return ",".join(f"{k}={v}" for k, v in (pairs or {}).items())
+
+
+def runtimes_table(runtimes: Iterable[dict[str, Any]]) -> Table:
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("NAME", "FRAMEWORK", "DEVICE", "COUNT", "IMAGE", "RESOURCES"):
+        t.add_column(col, no_wrap=col == "NAME", overflow="fold")
+    for r in runtimes:
+        res = r.get("resources") or {}
+        shown = ", ".join(f"{k} {format_bytes(v) if k == 'memory' else v}" for k, v in res.items() if v)
+        t.add_row(r["name"], r["framework"], r["device"], str(r["device_count"]), r["image"], shown)
     return t
 
 
@@ -169,8 +186,9 @@ def job_detail(job: dict[str, Any], error: dict[str, Any] | None = None) -> Grou
     res = spec.get("resources") or {}
     asked = ", ".join(f"{k}={v}" for k, v in res.items() if v) or "no explicit request"
     rows: list[tuple[str, Any]] = [
-        ("id", job["id"]),
         ("name", escape(job["name"])),
+        ("labels", escape(pairs_text(job.get("labels"))) or None),
+        ("annotations", escape(pairs_text(job.get("annotations"))) or None),
         ("status", status_cell({**job, "queue_position": None})),
         ("message", escape(job["message"]) if job.get("message") else None),
         ("queue position", job.get("queue_position")),

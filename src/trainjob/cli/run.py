@@ -39,6 +39,9 @@ FLAG_FOR_FIELD = {
     "func": "TARGET",
     "func_args": "KEY=VALUE",
     "name": "--name",
+    "Name": "--name",
+    "Labels": "--label",
+    "Annotations": "--annotation",
     "progress_timeout": "--progress-timeout",
     "active_deadline_seconds": "--deadline",
     "stop_grace_seconds": "--stop-grace",
@@ -74,7 +77,9 @@ def run(
     env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="Environment variable for the job, KEY=VALUE, or KEY alone to pass this shell's value (keeps a secret out of `ps`). Repeatable. Secrets are masked in everything trainjob shows.", show_default=False)] = None,
     max_restarts: Annotated[int, typer.Option("--max-restarts", help="Restart after a failure up to N times, resuming from the last complete checkpoint.")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Turn progress tracking off: nothing is injected into the job, no metrics endpoint.")] = False,
-    name: Annotated[Optional[str], typer.Option("--name", help="A name to find the job by (default: its id).", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="The job's name, its identifier (Kubeflow's Name option): lower-case letters, digits and '-', starting with a letter, at most 63 characters, unique. Default: 12 random characters.", show_default=False)] = None,
+    label: Annotated[Optional[list[str]], typer.Option("--label", "-l", help="A label KEY=VALUE (repeatable); `trainjob ls -l KEY=VALUE` lists the jobs that carry it.", show_default=False)] = None,
+    annotation: Annotated[Optional[list[str]], typer.Option("--annotation", help="An annotation KEY=VALUE (repeatable): stored and shown with the job.", show_default=False)] = None,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of rank 0's progress endpoint (GET /metrics); 1024-65535.")] = 28080,
     custom_metric: Annotated[Optional[list[str]], typer.Option("--custom-metric", help="Expose a logged value: LOGGED=EXPOSED (repeatable); an EXPOSED name starting with eval_ counts as an eval metric.", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Id of a stopped or failed job to continue from its newest complete checkpoint.", show_default=False)] = None,
@@ -98,7 +103,7 @@ def run(
     if resume:
         resume = common.resolve_job_id(resume)
     try:
-        job_id = c.train(trainer, name=name, resume=resume)
+        job_id = c.train(trainer=trainer, options=metadata_options(name, label, annotation), resume=resume)
     except ValidationError as e:
         raise CliExit(EXIT_USAGE, common.validation_message(e, FLAG_FOR_FIELD)) from None
     if not follow:
@@ -108,11 +113,34 @@ def run(
             out.print(job_id)
             err.print(f"submitted job {job_id}; follow it with: trainjob logs -f {job_id}  |  trainjob progress --watch {job_id}")
         return
-    err.print(f"submitted job {job_id}" + (f" ({name})" if name else ""))
+    err.print(f"submitted job {job_id}")
     final = follow_job(job_id, logs=True)
     if output is Output.json:
         common.dump(final)
     raise CliExit(OUTCOME_EXIT.get(final["status"], 1))
+
+
+def metadata_options(name: str | None, label: list[str] | None, annotation: list[str] | None) -> list[Any]:
+    """``--name``/``--label``/``--annotation`` flags -> ``[Name(...), Labels(...), Annotations(...)]``;
+    every problem of the three is reported at once (exit 2)."""
+    from trainjob.options import Annotations, Labels, Name, name_problem
+
+    labels, problems = common.parse_pairs(label, "--label", "team=nlp")
+    problem = name_problem(name) if name is not None else None
+    if problem:
+        problems.insert(0, problem)
+    annotations, p = common.parse_pairs(annotation, "--annotation", "owner=ana")
+    problems += p
+    options: list[Any] = [Name(name)] if name is not None and problem is None else []
+    for cls, values in ((Labels, labels), (Annotations, annotations)):
+        if values:
+            try:
+                options.append(cls(values))
+            except ValidationError as e:
+                problems += e.problems
+    if problems:
+        raise CliExit(EXIT_USAGE, common.validation_message(ValidationError(problems, "job metadata"), FLAG_FOR_FIELD))
+    return options
 
 
 def build_trainer(
@@ -236,7 +264,7 @@ def print_outcome(job: dict[str, Any]) -> None:
 
 def demo(
     steps: Annotated[int, typer.Option("--steps", help="Training steps (the tiny GPT-2 runs ~50-90 steps/s on 2 CPU cores).")] = 200,
-    name: Annotated[str, typer.Option("--name", help="Job name.")] = "demo",
+    name: Annotated[Optional[str], typer.Option("--name", help="The job's name (its identifier). Default: demo-<6 random characters>.", show_default=False)] = None,
     logs: Annotated[bool, typer.Option("--logs", help="Also stream the job's logs.")] = False,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -248,7 +276,14 @@ def demo(
     """
     trainer = TransformersTrainer(func="trainjob.demo:train_tiny_gpt2", func_args={"max_steps": steps}, env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
     c = common.client()
-    job_id = c.train(trainer, name=name)
+    if name is None:
+        from trainjob.backends.local.backend import new_job_id
+
+        name = f"demo-{new_job_id()[:6]}"
+    try:
+        job_id = c.train(trainer, name=name)
+    except ValidationError as e:
+        raise CliExit(EXIT_USAGE, common.validation_message(e, FLAG_FOR_FIELD)) from None
     err.print(f"submitted job {job_id}: a 2-layer GPT-2 for {steps} steps (trainjob.demo:train_tiny_gpt2)")
     final = follow_job(job_id, logs=logs)
     result = result_record(c.get_job_result(job_id))

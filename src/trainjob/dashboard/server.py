@@ -51,7 +51,7 @@ from trainjob.errors import JobNotFoundError, JobStateError, ValidationError
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_PORT = 8686  # not Ray's dashboard (8265), not Jupyter (8888)
-_JOB_ID = re.compile(r"^[a-z][a-z0-9]{11}$")
+_JOB_ID = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")  # a job's name (its id): DNS-1035, as trainjob.options.Name
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def _page(name: str) -> Callable[[Request], Response]:
     def page(request: Request) -> Response:
         job_id = request.path_params.get("job_id")
         if job_id is not None and not _JOB_ID.match(job_id):
-            return JSONResponse({"error": f"{job_id!r} is not a job id"}, status_code=404)
+            return JSONResponse({"error": f"{job_id!r} is not a job name"}, status_code=404)
         return FileResponse(STATIC / name, media_type="text/html", headers={"cache-control": "no-store"})
 
     return page
@@ -207,7 +207,7 @@ def _handler(fn: Callable[..., Response]) -> Callable[[Any, Request], Response]:
     def wrapped(self: Any, request: Request) -> Response:
         job_id = request.path_params.get("job_id")
         if job_id is not None and not _JOB_ID.match(job_id):
-            return _error(404, f"{job_id!r} is not a job id")
+            return _error(404, f"{job_id!r} is not a job name")
         try:
             return fn(self, request)
         except JobNotFoundError as e:
@@ -232,7 +232,8 @@ class _Api:
     @_handler
     def jobs(self, request: Request) -> Response:
         statuses = [s for s in request.query_params.getlist("status") for s in s.split(",") if s]
-        jobs = self.client.list_jobs(status=statuses or None)
+        labels = dict(pair.partition("=")[::2] for pair in request.query_params.getlist("label") if "=" in pair)  # ?label=team=nlp
+        jobs = self.client.list_jobs(status=statuses or None, labels=labels or None)
         return _json({"jobs": [job_record(j, self.client.get_job_progress(j.id)) for j in jobs]})
 
     @_handler

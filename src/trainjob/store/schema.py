@@ -73,6 +73,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN supervisor_host TEXT;
     ALTER TABLE leases ADD COLUMN holder_host TEXT
     """,
+    # 3 -> 4: a job's name is its identifier (Kubeflow's model). Jobs stored before keep their id
+    # as their name; a name they had apart from it is kept as the annotation 'trainjob/former-name'.
+    # Labels and annotations (options=[Labels(...), Annotations(...)]) are JSON objects.
+    """
+    ALTER TABLE jobs ADD COLUMN labels TEXT;
+    ALTER TABLE jobs ADD COLUMN annotations TEXT;
+    UPDATE jobs SET annotations = json_object('trainjob/former-name', name), name = id WHERE name <> id
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

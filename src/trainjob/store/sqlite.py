@@ -40,7 +40,7 @@ from trainjob.types import JobStatus
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-_JSON_COLUMNS = ("spec", "error", "result", "progress", "steps", "resources", "extra")
+_JSON_COLUMNS = ("spec", "error", "result", "progress", "steps", "resources", "extra", "labels", "annotations")
 _TERMINAL_VALUES = tuple(s.value for s in JobStatus if s.is_terminal)
 
 LOCK_PATIENCE = 600.0  # seconds a call keeps retrying a locked database before it gives up
@@ -83,6 +83,8 @@ class JobRow:
     resources: dict[str, Any] | None = None
     queue_position: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] | None = None  # options=[Labels(...)]
+    annotations: dict[str, str] | None = None  # options=[Annotations(...)]
 
 
 class Database:

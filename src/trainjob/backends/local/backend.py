@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import string
 import subprocess
 import sys
@@ -42,6 +43,11 @@ def new_job_id() -> str:
     return secrets.choice(_ALPHA) + "".join(secrets.choice(_ALNUM) for _ in range(11))
 
 
+def name_in_use(name: str) -> Problem:
+    """The problem of a ``Name`` another job of the backend already has."""
+    return Problem("Name", name, "a name no other job has (names are unique, like Kubernetes names): choose another, or delete that job first")
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -54,13 +60,23 @@ class LocalBackend(Backend):
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.home, 0o700)
         self.store = Store(self.home / "trainjob.db")
+        self._local_runtime = None
 
     # ---- submit ------------------------------------------------------------------------
-    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None) -> str:
+    def train(
+        self,
+        trainer: CustomTrainer,
+        name: str | None = None,
+        resume_from: str | None = None,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> str:
         check_capacity(trainer)
+        if name is not None and self.store.get_job(name) is not None:
+            raise ValidationError([name_in_use(name)], "train()")
         source = self._resume_source(resume_from) if resume_from else None
         payload = dumps_payload(trainer.func, trainer.func_args) if trainer.func is not None else None
-        job_id = new_job_id()
+        job_id = name or new_job_id()
         spec = trainer.to_spec()
         spec.update(
             {
@@ -68,13 +84,13 @@ class LocalBackend(Backend):
                 "submit_dir": os.getcwd(),
                 "metrics_host": self.config.metrics_host,
                 "resume_from": resume_from,
-                "name": name or job_id,
+                "name": job_id,
             }
         )
         jobdir = JobDir.for_job(self.home, job_id)
         row = JobRow(
             id=job_id,
-            name=name or job_id,
+            name=job_id,
             backend=self.name,
             status=JobStatus.CREATED,
             created_at=time.time(),
@@ -82,12 +98,19 @@ class LocalBackend(Backend):
             procs_per_node=spec["procs_per_node"],
             supervisor_host=procs.this_host(),  # the supervisor starts here: readers on other hosts leave it alone
             spec=mask_spec(spec),  # the real values live only in the job folder's secrets.json
+            labels=dict(labels or {}),
+            annotations=dict(annotations or {}),
         )
+        try:
+            # The row first: its primary key claims the name, so two submitters of one name
+            # cannot share (and then remove) one job folder.
+            self.store.insert_job(row)
+        except sqlite3.IntegrityError:
+            raise ValidationError([name_in_use(job_id)], "train()") from None
         try:
             jobdir.create(spec, payload)
             if source is not None:
                 _link_tree(source.workdir, jobdir.workdir)
-            self.store.insert_job(row)
             self.store.add_event(job_id, "Created", f"job created ({spec['trainer']}, {spec['entrypoint']})" + (f", resuming {resume_from}" if resume_from else ""))
             self._start_supervisor(job_id, jobdir)
         except BaseException:
@@ -116,7 +139,7 @@ class LocalBackend(Backend):
     def _resume_source(self, job_id: str) -> JobDir:
         """The folder of the ended job that ``resume=job_id`` continues from (validated here, in the caller)."""
         if not isinstance(job_id, str) or not job_id:
-            raise ValidationError([Problem("resume", job_id, "the id of an ended job (a 12-character string from train())")], "train()")
+            raise ValidationError([Problem("resume", job_id, "the name of an ended job (the string train() returned)")], "train()")
         row = self._row(job_id)  # JobNotFoundError names the id
         if row.backend != self.name:
             raise JobStateError(f"cannot resume job {job_id}: it ran on the {row.backend!r} backend, not on this local one")
@@ -189,7 +212,7 @@ class LocalBackend(Backend):
 
     def get_job_events(self, job_id: str) -> list[Event]:
         self._row(job_id)
-        return [Event(utc(e["time"]), e["reason"], e["message"], e["data"]) for e in self.store.events(job_id)]
+        return [Event(utc(e["time"]), e["reason"], e["message"], e["data"], involved_object_name=job_id) for e in self.store.events(job_id)]
 
     def get_job_progress(self, job_id: str) -> dict[str, Any] | None:
         return self._row(job_id).progress
@@ -267,9 +290,10 @@ class LocalBackend(Backend):
                 device=s.get("device", device),
                 device_count=int(s.get("device_count", row.procs_per_node)),
                 pids=(s["pid"],) if s.get("pid") else (),
+                pod_name=f"{row.id}-{s['name']}",
             )
             for s in row.steps or []
-        ] or [Step(f"node-{i}", row.status, device, row.procs_per_node) for i in range(row.num_nodes)]
+        ] or [Step(f"node-{i}", row.status, device, row.procs_per_node, pod_name=f"{row.id}-node-{i}") for i in range(row.num_nodes)]
         return TrainJob(
             id=row.id,
             name=row.name,
@@ -286,7 +310,16 @@ class LocalBackend(Backend):
             queue_position=row.queue_position,
             spec=mask_spec(row.spec),  # stored masked; masked again for records written before the rules grew
             job_dir=JobDir.for_job(self.home, row.id).root,
+            runtime=self._runtime(),
+            labels=dict(row.labels or {}),
+            annotations=dict(row.annotations or {}),
         )
+
+    def _runtime(self):
+        """This machine's runtime, detected once per backend (every job runs on it)."""
+        if self._local_runtime is None:
+            self._local_runtime = self.list_runtimes()[0]
+        return self._local_runtime
 
 
 def _elsewhere(row: JobRow) -> bool:

@@ -119,6 +119,7 @@ class RayBackend(Backend):
         self._conn: _Connection | None = None
         self._conn_lock = threading.Lock()
         self._info_cache: dict[str, tuple[float, RayJob | None]] = {}
+        self._cluster_runtime = None  # list_runtimes(), kept for TrainJob records
 
     # ---- connection --------------------------------------------------------------------
     @property
@@ -164,8 +165,15 @@ class RayBackend(Backend):
             ) from e
 
     # ---- submit ------------------------------------------------------------------------
-    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None) -> str:
-        from trainjob.backends.local.backend import new_job_id
+    def train(
+        self,
+        trainer: CustomTrainer,
+        name: str | None = None,
+        resume_from: str | None = None,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> str:
+        from trainjob.backends.local.backend import name_in_use, new_job_id
 
         if getattr(trainer, "progress_timeout", None) is not None:
             # Ray Train owns its workers: nothing here could dump and end a stalled one.
@@ -177,9 +185,11 @@ class RayBackend(Backend):
         if self.config.check_resources:
             self._check_resources(trainer, spec)
         _check_no_index_credentials(spec)
-        job_id = new_job_id()
+        if name is not None and (conn.kv.get(Keys(name).job) is not None or self._job_info(name) is not None):
+            raise ValidationError([name_in_use(name)], "train()")  # a trainjob job, or any Ray job with this submission id
+        job_id = name or new_job_id()
         keys = Keys(job_id)
-        spec.update({"env": dict(trainer.env or {}), "name": name or job_id, "resume_from": resume_from})
+        spec.update({"env": dict(trainer.env or {}), "name": job_id, "resume_from": resume_from})
         # The record (and Ray's runtime_env, which Ray's dashboard shows) get the masked spec;
         # the real values of masked fields travel in their own GCS key, read by the ranks.
         spec, hidden = split_spec(spec)
@@ -187,7 +197,9 @@ class RayBackend(Backend):
         runtime_env = plan.runtime_env(spec, public_env, self.config.installer, plan.working_dir(spec, self.config.working_dir))
         record = {
             "id": job_id,
-            "name": name or job_id,
+            "name": job_id,
+            "labels": dict(labels or {}),
+            "annotations": dict(annotations or {}),
             "created_at": time.time(),
             "spec": spec,
             "home": str(self.config.home) if self.config.home else None,
@@ -196,12 +208,13 @@ class RayBackend(Backend):
         }
         payload = _checked_payload(trainer) if trainer.func is not None else None
         kv = conn.kv
+        if not kv.claim_json(keys.job, record):  # another submitter took the name since the check above
+            raise ValidationError([name_in_use(job_id)], "train()")
         try:
             if payload is not None:
                 kv.put(keys.payload, payload)
             if hidden:
                 kv.put_json(keys.secrets, hidden)
-            kv.put_json(keys.job, record)
             EventWriter(kv, keys, "cli")(
                 "Created", f"job created ({spec['trainer']}, {spec['entrypoint']}) on Ray at {conn.dashboard}" + (f", resuming {resume_from}" if resume_from else "")
             )
@@ -209,7 +222,7 @@ class RayBackend(Backend):
                 "entrypoint": plan.entrypoint(job_id, self.config.python),
                 "submission_id": job_id,
                 "runtime_env": runtime_env,
-                "metadata": {"trainjob.id": job_id, "trainjob.name": name or job_id},
+                "metadata": {"trainjob.id": job_id, "trainjob.name": job_id},
             }
             if "working_dir" in runtime_env:
                 conn.jobs().submit_job(**submission)  # Ray's SDK packages and uploads the local folder
@@ -224,7 +237,7 @@ class RayBackend(Backend):
 
     def _check_resume_source(self, job_id: str) -> None:
         if not isinstance(job_id, str) or not job_id:
-            raise ValidationError([Problem("resume", job_id, "the id of an ended job (a 12-character string from train())")], "train()")
+            raise ValidationError([Problem("resume", job_id, "the name of an ended job (the string train() returned)")], "train()")
         snap = self._snapshot(job_id)
         if not snap.status.is_terminal:
             raise JobStateError(f"cannot resume job {job_id}: it is {snap.status.value}; stop it first (stop_job) and wait until it is Stopped")
@@ -398,7 +411,7 @@ class RayBackend(Backend):
 
     def get_job_events(self, job_id: str) -> list[Event]:
         self._require(job_id)
-        return [Event(utc(e["time"]), e["reason"], e["message"], e.get("data") or {}) for e in read_events(self.conn.kv, Keys(job_id))]
+        return [Event(utc(e["time"]), e["reason"], e["message"], e.get("data") or {}, involved_object_name=job_id) for e in read_events(self.conn.kv, Keys(job_id))]
 
     def get_job_progress(self, job_id: str) -> dict[str, Any] | None:
         keys = Keys(self._check_id(job_id))
@@ -553,14 +566,17 @@ class RayBackend(Backend):
         for r in snap.ranks:
             by_node.setdefault(int(r.get("node_rank", 0)), []).append(r)
         steps = [
-            Step(f"node-{k}", snap.status, device, len(rs), tuple(int(r["pid"]) for r in sorted(rs, key=lambda r: r["rank"]) if r.get("pid")))
+            Step(f"node-{k}", snap.status, device, len(rs), tuple(int(r["pid"]) for r in sorted(rs, key=lambda r: r["rank"]) if r.get("pid")), f"{snap.job_id}-node-{k}")
             for k, rs in sorted(by_node.items())
-        ] or [Step(f"node-{i}", snap.status, device, int(spec["procs_per_node"])) for i in range(int(spec["num_nodes"]))]
+        ] or [Step(f"node-{i}", snap.status, device, int(spec["procs_per_node"]), pod_name=f"{snap.job_id}-node-{i}") for i in range(int(spec["num_nodes"]))]
         first_attempt = self.conn.kv.get_json(Keys(snap.job_id).attempt(0)) if snap.status != JobStatus.CREATED else None
         finished = (snap.outcome or {}).get("finished_at")
+        annotations = dict(snap.record.get("annotations") or {})
+        if snap.record.get("name") not in (None, snap.job_id):  # a record from before names were ids
+            annotations.setdefault("trainjob/former-name", snap.record["name"])
         return TrainJob(
             id=snap.job_id,
-            name=snap.record.get("name") or snap.job_id,
+            name=snap.job_id,
             status=snap.status,
             backend=self.name,
             created_at=utc(snap.record["created_at"]),
@@ -573,7 +589,48 @@ class RayBackend(Backend):
             message=snap.message,
             spec=mask_spec(spec),  # stored masked; masked again for records written before the rules grew
             job_dir=Path(snap.driver["job_dir"]) if (snap.driver or {}).get("job_dir") else None,
+            runtime=self._runtime(),
+            labels=dict(snap.record.get("labels") or {}),
+            annotations=annotations,
         )
+
+    # ---- runtimes ----------------------------------------------------------------------
+    def list_runtimes(self):
+        """The cluster's ``torch-distributed`` runtime: its resources are the alive nodes' totals."""
+        from trainjob.runtimes import ray_runtime
+
+        try:
+            nodes = json.loads(self.conn.api.get("/api/v0/nodes", limit=10000, detail="true"))["data"]["result"]["result"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BackendError(f"Ray's state API did not list the cluster's nodes at {self.conn.dashboard}: {type(e).__name__}: {e}") from e
+        alive = [n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"]
+        totals: dict[str, float] = {}
+        for node in alive:
+            for k, v in node.items():
+                totals[k] = totals.get(k, 0) + v
+        self._cluster_runtime = ray_runtime(totals, len(alive))
+        return [self._cluster_runtime]
+
+    def runtime_packages(self, runtime) -> list[str]:
+        """The submitting environment's packages: trainjob's Ray jobs run ``RayBackendConfig.python``
+        on nodes expected to carry the same stack (torch, transformers, trainjob), which a job's
+        ``packages_to_install`` extends through Ray's runtime_env. Listing each node's own
+        packages would need a job on the cluster; not done yet."""
+        from trainjob.runtimes import installed_packages
+
+        return installed_packages()
+
+    def _runtime(self):
+        """The cluster's runtime for TrainJob records, listed once per backend; a state API that
+        does not answer leaves it with unknown resources rather than failing the read."""
+        if self._cluster_runtime is None:
+            try:
+                self.list_runtimes()
+            except BackendError:
+                from trainjob.runtimes import ray_runtime
+
+                return ray_runtime({}, 0)
+        return self._cluster_runtime
 
 
 def _checked_payload(trainer: CustomTrainer) -> bytes:

@@ -80,7 +80,8 @@
     document.title = `trainjob · ${job.name}`;
     document.body.dataset.status = job.status;
     $("name").textContent = job.name;
-    $("job-id").textContent = job.name !== job.id ? job.id : "";
+    const pairs = (o) => Object.entries(o || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    $("job-id").textContent = [pairs(job.labels), pairs(job.annotations)].filter(Boolean).join(" · ");
     $("status").replaceChildren(badge(job.status, job.queue_position ? `#${job.queue_position} in queue` : ""), TJ.stalled(job) || "");
     $("stop").disabled = job.is_terminal;
     $("delete").disabled = false;

@@ -12,7 +12,8 @@
     const p = job.progress || {};
     const pct = p.progressPercentage;
     const link = el("a", { href: `/jobs/${job.id}`, class: "name", text: job.name });
-    const name = el("td", {}, link, job.name !== job.id ? el("div", { class: "muted mono", text: job.id }) : null);
+    const labels = Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    const name = el("td", {}, link, labels ? el("div", { class: "muted mono labels", text: labels, title: "labels" }) : null);
     const progress = el("td", {}, el("div", { class: "progress-cell" }, bar(pct, job.status), el("span", { class: "num", text: pct === null || pct === undefined ? "–" : `${pct}%` })));
     const eta = !job.is_terminal && p.estimatedRemainingSeconds !== null && p.estimatedRemainingSeconds !== undefined ? duration(p.estimatedRemainingSeconds) : "–";
     const tr = el("tr", { class: "row", "data-job": job.id, "data-status": job.status },
