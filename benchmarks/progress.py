@@ -15,6 +15,8 @@ median of those per-round ratios (a ratio of medians mixes rounds). Measured:
   it exits) and its share of a core while the job runs;
 - the rank-0 ``/metrics`` endpoint under a 10 Hz external poller: latency p50/p99 and the
   throughput with that poller running vs without.
+"""
+
 from __future__ import annotations
 
 import argparse
