@@ -16,6 +16,8 @@ def test_public_names_are_pinned():
         "JobNotFoundError", "JobFailedError", "JobTimeoutError", "BackendError", "JobStateError",
         # Kubeflow's types (issue 13)
         "CustomTrainerContainer", "BuiltinTrainer", "Runtime", "RuntimeTrainer", "RuntimeKind", "TrainerType",
+        "Initializer", "HuggingFaceModelInitializer", "HuggingFaceDatasetInitializer", "S3ModelInitializer",
+        "S3DatasetInitializer", "MODEL_PATH", "DATASET_PATH",
     ])  # fmt: skip
     for name in trainjob.__all__:
         assert getattr(trainjob, name) is not None

@@ -69,10 +69,17 @@ def test_refused_kubeflow_trainers_and_initializers(client):
         client.train(trainer=CustomTrainerContainer(image="pytorch/pytorch:2.5.1"))
     with pytest.raises(ValueError, match="no built-in \\(TorchTune\\) trainers"):
         client.train(trainer=BuiltinTrainer(config=object()))
-    with pytest.raises(ValueError, match="initializers are not built"):
+    with pytest.raises(ValueError, match="Initializer\\(model="):
         client.train(initializer=object(), trainer=CustomTrainer(func=noop))
+    from trainjob import HuggingFaceModelInitializer, Initializer
+    from trainjob.initializers import plan
+
+    with pytest.raises(ValueError, match="None on the ray backend"):
+        plan(Initializer(model=HuggingFaceModelInitializer(storage_uri="hf://org/name")), "ray")
     with pytest.raises(ValueError, match="TrainerCommand"):
         client.train()
+    with pytest.raises(ValueError, match="name= is the same as options"):
+        client.train(CustomTrainer(func=noop), options=[Name("a")], name="b")
     assert client.list_jobs() == []
 
 

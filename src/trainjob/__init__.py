@@ -17,6 +17,15 @@ from trainjob.errors import (
     TrainJobError,
     ValidationError,
 )
+from trainjob.initializers import (
+    DATASET_PATH,
+    MODEL_PATH,
+    HuggingFaceDatasetInitializer,
+    HuggingFaceModelInitializer,
+    Initializer,
+    S3DatasetInitializer,
+    S3ModelInitializer,
+)
 from trainjob.trainers import BuiltinTrainer, CustomTrainer, CustomTrainerContainer, TransformersTrainer
 from trainjob.types import Event, JobStatus, Result, Runtime, RuntimeKind, RuntimeTrainer, Step, TrainerType, TrainJob
 
@@ -27,13 +36,18 @@ __all__ = [
     "BuiltinTrainer",
     "CustomTrainer",
     "CustomTrainerContainer",
+    "DATASET_PATH",
     "Event",
+    "HuggingFaceDatasetInitializer",
+    "HuggingFaceModelInitializer",
+    "Initializer",
     "JobFailedError",
     "JobNotFoundError",
     "JobStateError",
     "JobStatus",
     "JobTimeoutError",
     "LocalBackendConfig",
+    "MODEL_PATH",
     "Problem",
     "RayBackendConfig",
     "ResourcesUnavailableError",
@@ -41,6 +55,8 @@ __all__ = [
     "Runtime",
     "RuntimeKind",
     "RuntimeTrainer",
+    "S3DatasetInitializer",
+    "S3ModelInitializer",
     "SerializationError",
     "Step",
     "TrainJob",

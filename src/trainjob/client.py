@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 from trainjob.backends import Backend, create_backend
+from trainjob.backends.base import JobExtras
 from trainjob.config import LocalBackendConfig
 from trainjob.errors import JobFailedError, JobStateError, JobTimeoutError, Problem, ValidationError
+from trainjob import initializers
 from trainjob.options import Name, apply_options, name_problem
 from trainjob.trainers import BuiltinTrainer, CustomTrainer, CustomTrainerContainer
 from trainjob.types import Event, JobStatus, LogChunk, Result, Runtime, TrainJob
@@ -50,7 +53,7 @@ class TrainerClient:
     def train(
         self,
         runtime: str | Runtime | CustomTrainer | None = None,
-        initializer: Any = None,
+        initializer: initializers.Initializer | None = None,
         trainer: CustomTrainer | CustomTrainerContainer | BuiltinTrainer | None = None,
         options: list[Any] | None = None,
         *,
@@ -62,7 +65,9 @@ class TrainerClient:
         ``runtime``: a ``Runtime`` or its name (default ``torch-distributed``); a trainer given
         here, as in ``train(TransformersTrainer(...))``, counts as ``trainer=``. ``options``:
         ``trainjob.options`` (``Name``, ``Labels``, ``Annotations``, ``ActiveDeadlineSeconds``,
-        ``TrainerCommand``, ``TrainerArgs``). Beyond Kubeflow, keyword-only: ``resume``, the name
+        ``TrainerCommand``, ``TrainerArgs``). ``initializer``: a model and/or dataset put in
+        ``workspace/model``/``workspace/dataset`` of the job's working directory before the ranks
+        start (``trainjob.initializers``; local backend). Beyond Kubeflow, keyword-only: ``resume``, the name
         of an ended (stopped or failed) job whose newest complete checkpoint the new job
         continues from; ``name``, the same as ``options=[Name(name)]``.
         """
@@ -75,8 +80,6 @@ class TrainerClient:
             known = [rt.name for rt in self.backend.list_runtimes()]
             if wanted not in known:
                 problems.append(Problem("runtime", wanted, f"a runtime of the {backend} backend: {', '.join(map(repr, known))} (list_runtimes())"))
-        if initializer is not None:
-            problems.append(Problem("initializer", type(initializer).__name__, f"None: initializers are not built on the {backend} backend yet; download the model or dataset in the training function"))
         if isinstance(trainer, CustomTrainerContainer):
             problems.append(Problem("trainer", "CustomTrainerContainer", f"a CustomTrainer or TransformersTrainer: the {backend} backend runs no container images; run the code with CustomTrainer(func=...) or options=[TrainerCommand([...])]"))
         elif isinstance(trainer, BuiltinTrainer):
@@ -87,11 +90,18 @@ class TrainerClient:
             problem = name_problem(name, "name")
             if problem:
                 problems.append(problem)
+            if any(isinstance(o, Name) for o in options or ()):
+                problems.append(Problem("name", name, "None when options has a Name (name= is the same as options=[Name(...)])"))
         if problems:
             raise ValidationError(problems, "train()")
         sub = apply_options(([Name(name)] if name is not None else []) + list(options or []), trainer, backend)
         if sub.trainer is None:
             raise ValidationError([Problem("trainer", None, "a TransformersTrainer(...) or CustomTrainer(...), or options=[TrainerCommand([...])]")], "train()")
+        steps: list[dict[str, Any]] = []
+        if initializer is not None:
+            steps, token_env = initializers.plan(initializer, backend)
+            if token_env:  # the tokens reach the job only through its env, masked wherever it is shown
+                sub.trainer = dataclasses.replace(sub.trainer, env={**(sub.trainer.env or {}), **token_env})
         if sub.trainer.image is not None:
             warnings.warn(
                 f"CustomTrainer(image={sub.trainer.image!r}) is recorded but not used: the {backend} backend runs the job in its own "
@@ -99,7 +109,8 @@ class TrainerClient:
                 UserWarning,
                 stacklevel=2,
             )
-        return self.backend.train(sub.trainer, name=sub.name, resume_from=resume, labels=sub.labels, annotations=sub.annotations)
+        extras = JobExtras(labels=sub.labels, annotations=sub.annotations, initializers=steps)
+        return self.backend.train(sub.trainer, name=sub.name, resume_from=resume, extras=extras)
 
     # ---- read --------------------------------------------------------------------------
     def list_jobs(

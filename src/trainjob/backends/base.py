@@ -7,6 +7,7 @@ built once in the client from ``get_job``, so backends stay small.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from trainjob.trainers import CustomTrainer
@@ -16,20 +17,23 @@ TAIL_LINES = 400  # lines of a first read_job_logs in the line-based default
 CHUNK_LINES = 5000  # most lines of a later one
 
 
+@dataclass(frozen=True)
+class JobExtras:
+    """What a job carries beside its trainer: Kubeflow's labels and annotations (stored and
+    shown), and the initializer steps (``trainjob.initializers.plan``) run before its ranks."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    initializers: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Backend(ABC):
     """Where jobs run. Implementations must be safe to use from several client processes at once."""
 
     name: str = "base"
 
     @abstractmethod
-    def train(
-        self,
-        trainer: CustomTrainer,
-        name: str | None = None,
-        resume_from: str | None = None,
-        labels: dict[str, str] | None = None,
-        annotations: dict[str, str] | None = None,
-    ) -> str:
+    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None, extras: JobExtras | None = None) -> str:
         """Validate against the target, start the job, and return its name without waiting for it.
 
         ``name`` (already DNS-1035-checked by the client) becomes the job's identifier; one in

@@ -83,11 +83,13 @@ def logs(
     node: Annotated[int, typer.Option("--node", "-n", help="This node's output: its ranks (prefixed by rank when there are several) and its launcher.")] = 0,
     supervisor: Annotated[bool, typer.Option("--supervisor", help="The supervisor's log instead (environment setup, launches, restarts).")] = False,
     tail: Annotated[Optional[int], typer.Option("--tail", help="Only the last N lines (before following).", show_default=False)] = None,
+    step: Annotated[Optional[str], typer.Option("--step", help="A step by its name (Kubeflow's): node-K, rank-R, supervisor, model-initializer, dataset-initializer.", show_default=False)] = None,
 ) -> None:
     """Print a job's logs (every attempt, oldest first): node 0 by default."""
     c = common.client()
     job_id = common.resolve_job_id(job)
-    step = "supervisor" if supervisor else (f"rank-{rank}" if rank is not None else f"node-{node}")
+    if step is None:
+        step = "supervisor" if supervisor else (f"rank-{rank}" if rank is not None else f"node-{node}")
     lines = c.get_job_logs(job_id, step=step, follow=follow)
     if tail is not None and not follow:
         from collections import deque

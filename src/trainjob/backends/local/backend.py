@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainjob import contract
-from trainjob.backends.base import Backend
+from trainjob.backends.base import Backend, JobExtras
 from trainjob.backends.local import logs, procs
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.records import build_result, load_return_value, utc
@@ -63,14 +63,8 @@ class LocalBackend(Backend):
         self._local_runtime = None
 
     # ---- submit ------------------------------------------------------------------------
-    def train(
-        self,
-        trainer: CustomTrainer,
-        name: str | None = None,
-        resume_from: str | None = None,
-        labels: dict[str, str] | None = None,
-        annotations: dict[str, str] | None = None,
-    ) -> str:
+    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None, extras: JobExtras | None = None) -> str:
+        extras = extras or JobExtras()
         check_capacity(trainer)
         if name is not None and self.store.get_job(name) is not None:
             raise ValidationError([name_in_use(name)], "train()")
@@ -85,6 +79,7 @@ class LocalBackend(Backend):
                 "metrics_host": self.config.metrics_host,
                 "resume_from": resume_from,
                 "name": job_id,
+                "initializers": list(extras.initializers),  # run by the supervisor before the ranks (initializers.py)
             }
         )
         jobdir = JobDir.for_job(self.home, job_id)
@@ -98,8 +93,8 @@ class LocalBackend(Backend):
             procs_per_node=spec["procs_per_node"],
             supervisor_host=procs.this_host(),  # the supervisor starts here: readers on other hosts leave it alone
             spec=mask_spec(spec),  # the real values live only in the job folder's secrets.json
-            labels=dict(labels or {}),
-            annotations=dict(annotations or {}),
+            labels=dict(extras.labels),
+            annotations=dict(extras.annotations),
         )
         try:
             # The row first: its primary key claims the name, so two submitters of one name
@@ -294,6 +289,11 @@ class LocalBackend(Backend):
             )
             for s in row.steps or []
         ] or [Step(f"node-{i}", row.status, device, row.procs_per_node, pod_name=f"{row.id}-node-{i}") for i in range(row.num_nodes)]
+        init = (row.extra or {}).get("initializers") or {}
+        steps = [
+            Step(s["step"], JobStatus.parse(init.get(s["step"], "Created")), "cpu", 1, pod_name=f"{row.id}-{s['step']}")
+            for s in row.spec.get("initializers") or []
+        ] + steps
         return TrainJob(
             id=row.id,
             name=row.name,

@@ -28,14 +28,19 @@ _CURSOR = re.compile(r"^\d{1,19}(\.\d{1,19})*$")
 LogFiles = Callable[[], list[tuple[Path, str]]]  # -> [(file, line prefix)], in reading order
 
 
+INITIALIZER_STEPS = ("model-initializer", "dataset-initializer")  # trainjob.initializers' steps
+
+
 def step_files(step: str, num_nodes: int, procs_per_node: int, jobdir: JobDir) -> LogFiles:
     """The files of log ``step`` (re-listed on each call: a restart adds an attempt's files at the end).
 
     Raises ``ValidationError`` for a step the job does not have, naming the ones it has.
     """
-    kind, k = parse_log_step(step, num_nodes, num_nodes * procs_per_node, ("supervisor",))
+    kind, k = parse_log_step(step, num_nodes, num_nodes * procs_per_node, ("supervisor", *INITIALIZER_STEPS))
     if kind == "supervisor":
         return lambda: [(jobdir.supervisor_log, "")]
+    if kind in INITIALIZER_STEPS:  # empty for a job without that initializer
+        return lambda: [(jobdir.logs_dir / f"{kind}.log", "")]
 
     def files() -> list[tuple[Path, str]]:
         out = []

@@ -83,6 +83,7 @@ class Supervisor:
         release = None
         try:
             self._prepare_environment()
+            self._run_initializers()
             release = self._acquire_resources()
             if self._stopping():
                 status, message, error = self._stopped_outcome("before it started") if self.deadline_exceeded else (JobStatus.STOPPED, "stopped before it started", None)
@@ -133,6 +134,12 @@ class Supervisor:
         prepared = envs.prepare_for_job(self.spec, self.store, self.job_id, self.dir)
         if prepared is not None:
             self.python, self.extra_env = prepared.python, prepared.env
+
+    def _run_initializers(self) -> None:
+        """The job's model/dataset initializer steps, before resources and ranks. See ``initializers``."""
+        from trainjob.backends.local.initializers import run_initializers
+
+        run_initializers(self.store, self.job_id, self.dir, self.spec, self.python, self.extra_env, self._stopping)
 
     def _acquire_resources(self):
         """Wait in the local scheduler until the job's CPUs/GPUs/memory are free. Returns a release callable."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainjob.backends.base import Backend
+from trainjob.backends.base import Backend, JobExtras
 from trainjob.backends.records import build_result, load_return_value, parse_log_step, utc
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.jobs_api import JobsAPI, JobsAPIError, RayJob
@@ -165,15 +165,12 @@ class RayBackend(Backend):
             ) from e
 
     # ---- submit ------------------------------------------------------------------------
-    def train(
-        self,
-        trainer: CustomTrainer,
-        name: str | None = None,
-        resume_from: str | None = None,
-        labels: dict[str, str] | None = None,
-        annotations: dict[str, str] | None = None,
-    ) -> str:
+    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None, extras: JobExtras | None = None) -> str:
         from trainjob.backends.local.backend import name_in_use, new_job_id
+
+        extras = extras or JobExtras()
+        if extras.initializers:  # the client refuses them first (trainjob.initializers.plan)
+            raise ValidationError([Problem("initializer", "Initializer", "None on the Ray backend (not built there yet)")], "train()")
 
         if getattr(trainer, "progress_timeout", None) is not None:
             # Ray Train owns its workers: nothing here could dump and end a stalled one.
@@ -198,8 +195,8 @@ class RayBackend(Backend):
         record = {
             "id": job_id,
             "name": job_id,
-            "labels": dict(labels or {}),
-            "annotations": dict(annotations or {}),
+            "labels": dict(extras.labels),
+            "annotations": dict(extras.annotations),
             "created_at": time.time(),
             "spec": spec,
             "home": str(self.config.home) if self.config.home else None,
