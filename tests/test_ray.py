@@ -585,6 +585,19 @@ def test_ray_jobs_that_are_not_trainjobs_are_never_touched(ray_client):
         sdk.delete_job(other)
 
 
+def test_runtime_is_the_clusters(ray_client, cluster):
+    """list_runtimes describes the cluster (its CPUs, its nodes); the packages come from the
+    cluster's Python through a Ray job that leaves nothing behind (issue 13)."""
+    runtime = ray_client.get_runtime("torch-distributed")
+    assert runtime.trainer.image == "ray" and runtime.trainer.device == "cpu" and runtime.trainer.device_count == "2"
+    assert runtime.resources["nodes"] == 1 and runtime.resources["cpu"] == 2 and runtime.resources["memory"] > 0
+    before = {j.submission_id for j in ray_client.backend.conn.api.list()}
+    packages = ray_client.get_runtime_packages(runtime)
+    assert any(p.startswith("torch==") for p in packages) and any(p.startswith("ray==") for p in packages), packages[:10]
+    assert {j.submission_id for j in ray_client.backend.conn.api.list()} == before  # the listing job was deleted
+    assert ray_client.list_jobs() == []
+
+
 def test_bad_config_and_unreachable_cluster():
     with pytest.raises(ValidationError) as info:
         TrainerClient(RayBackendConfig(address="tcp://x:1", installer="conda"))

@@ -54,3 +54,7 @@ def installed_packages() -> list[str]:
         if name and name.lower() not in seen:
             seen[name.lower()] = f"{name}=={dist.version}"
     return [seen[k] for k in sorted(seen)]
+
+
+if __name__ == "__main__":  # the Ray backend's package listing runs this on the cluster
+    print("\n".join(installed_packages()))

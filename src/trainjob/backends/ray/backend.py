@@ -43,6 +43,7 @@ ENDING_GRACE = 5.0  # seconds delete_job lets a driver that has recorded the out
 RAY_CLIENT_TRIES = 3
 MAX_PAYLOAD = 100 * 2**20  # bytes of pickled function and arguments a job may keep in the GCS
 INFO_TTL = 1.0  # seconds reads of a running job reuse Ray's record of it (see _snapshot)
+PACKAGES_TIMEOUT = 120.0  # seconds get_runtime_packages waits for its listing job on the cluster
 SUBMIT_GRACE = 60.0  # seconds a new record may wait for Ray to know its job (working_dir uploads take a while)
 _RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:", ":task_attempt_start:", ":task_attempt_end:")
@@ -609,13 +610,33 @@ class RayBackend(Backend):
         return [self._cluster_runtime]
 
     def runtime_packages(self, runtime) -> list[str]:
-        """The submitting environment's packages: trainjob's Ray jobs run ``RayBackendConfig.python``
-        on nodes expected to carry the same stack (torch, transformers, trainjob), which a job's
-        ``packages_to_install`` extends through Ray's runtime_env. Listing each node's own
-        packages would need a job on the cluster; not done yet."""
-        from trainjob.runtimes import installed_packages
+        """The packages of the cluster's Python (``RayBackendConfig.python`` on the node Ray puts a
+        small Ray job on; the nodes are expected to share one stack, which a job's
+        ``packages_to_install`` extends). Costs a Ray job: a few seconds."""
+        import secrets
+        import shlex
 
-        return installed_packages()
+        api = self.conn.api
+        probe = f"trainjob-packages-{secrets.token_hex(4)}"  # not a DNS-1035 job name: never a trainjob job's
+        try:
+            api.submit(entrypoint=f"{shlex.quote(self.config.python)} -m trainjob.runtimes", submission_id=probe, runtime_env={}, metadata={"trainjob.probe": "packages"})
+            deadline = time.monotonic() + PACKAGES_TIMEOUT
+            while not self._ray_ended(info := api.info(probe)):
+                if time.monotonic() >= deadline:
+                    raise BackendError(f"Ray did not run the package listing within {PACKAGES_TIMEOUT:g}s (job {probe})")
+                time.sleep(0.2)
+            text = api.logs(probe)
+        except (JobsAPIError, OSError) as e:
+            raise BackendError(f"Ray could not list the cluster's packages: {e}") from e
+        finally:
+            try:
+                api.stop(probe)
+                api.delete(probe)
+            except (JobsAPIError, OSError):
+                pass  # best effort: the probe's record is harmless
+        if info is None or info.status != "SUCCEEDED":
+            raise BackendError(f"listing the cluster's packages failed ({info.status if info else 'no record'}): {text.strip()[-500:]}")
+        return [line for line in text.splitlines() if "==" in line and " " not in line.strip()]
 
     def _runtime(self):
         """The cluster's runtime for TrainJob records, listed once per backend; a state API that
