@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from trainjob import BuiltinTrainer, CustomTrainer, CustomTrainerContainer, ValidationError
+from trainjob import BuiltinTrainer, CustomTrainer, CustomTrainerContainer, TransformersTrainer, ValidationError
 from trainjob.options import ActiveDeadlineSeconds, Annotations, Labels, Name, RuntimePatch, TrainerArgs, TrainerCommand, apply_options
 
 
@@ -52,12 +52,15 @@ def test_trainer_command_maps_onto_script_and_module(tmp_path):
     sub = apply_options([TrainerCommand(["python", str(script), "--lr", "1"]), Name("cmd")], None, "local")
     assert sub.trainer.script == str(script) and sub.trainer.script_args == ["--lr", "1"] and sub.name == "cmd"
     sub = apply_options([TrainerCommand(["python3", "-m", "pkg.train", "x"]), TrainerArgs(["--epochs", "2"])], None, "ray")
-    assert sub.trainer.module == "pkg.train" and sub.trainer.script_args == ["--epochs", "2"] and sub.trainer.script is None
+    assert sub.trainer.module == "pkg.train" and sub.trainer.script_args == ["x", "--epochs", "2"] and sub.trainer.script is None
     # TrainerArgs alone replace a script trainer's arguments; the deadline lands on the trainer
     sub = apply_options([TrainerArgs(["--b"]), ActiveDeadlineSeconds(30)], CustomTrainer(script=str(script), script_args=["--a"], num_nodes=2), "local")
     assert sub.trainer.script_args == ["--b"] and sub.trainer.num_nodes == 2 and sub.trainer.active_deadline_seconds == 30
-    with pytest.raises(ValueError, match="trainjob starts the ranks itself"):
-        TrainerCommand(["torchrun", "--nproc-per-node", "2", "train.py"])
+    sub = apply_options([TrainerCommand(["bash", "-c", "echo $RANK"])], None, "local")
+    assert (sub.trainer.command, sub.trainer.script_args, sub.trainer.entrypoint_kind) == ("bash", ["-c", "echo $RANK"], "command")
+    for launcher in (["torchrun", "--nproc-per-node", "2", "train.py"], ["python", "-m", "torch.distributed.run", "x.py"], ["/usr/bin/accelerate", "launch"]):
+        with pytest.raises(ValueError, match="trainjob starts the ranks itself"):
+            TrainerCommand(launcher)
     with pytest.raises(ValueError, match="functions take func_args"):
         apply_options([TrainerCommand(["python", str(script)])], CustomTrainer(func=noop), "local")
     with pytest.raises(ValueError, match="TrainerArgs with a command"):
@@ -133,3 +136,24 @@ def test_stored_jobs_migrate_their_ids_become_names(tmp_path):
     old, plain = store.get_job("abcdefghijk1"), store.get_job("abcdefghijk2")
     assert old.name == "abcdefghijk1" and old.annotations == {"trainjob/former-name": "my old job"}
     assert plain.name == "abcdefghijk2" and plain.annotations is None and plain.labels is None
+
+
+@pytest.mark.slow
+def test_trainer_command_runs_a_program_on_every_rank(client):
+    """Kubeflow's pairing: a container trainer's command (the image is warned about, not used)."""
+    with pytest.warns(UserWarning, match="image='img:1'"):
+        ok = client.train(
+            trainer=CustomTrainerContainer(image="img:1", num_nodes=2),
+            options=[TrainerCommand(["bash", "-c", 'echo "rank=$RANK of $WORLD_SIZE master=$MASTER_ADDR in $(basename $PWD)" "$@"', "-"]), TrainerArgs(["--lr", "1"])],
+        )
+    failing = client.train(trainer=CustomTrainer(command="bash", script_args=["-c", "echo about to fail; exit 3"]))
+    assert client.wait_for_job_status(ok, timeout=120, polling_interval=0.2).status == "Complete"
+    job = client.get_job(ok)
+    assert job.spec["entrypoint"] == "command" and job.spec["command"] == "bash" and job.num_nodes == 2
+    assert "rank=0 of 2 master=127.0.0.1 in workdir --lr 1" in "\n".join(client.get_job_logs(ok, step="node-0"))
+    assert "rank=1 of 2 master=127.0.0.1 in workdir --lr 1" in "\n".join(client.get_job_logs(ok, step="node-1"))
+    with pytest.raises(RuntimeError, match="returned non-zero exit status 3"):
+        client.wait_for_job_status(failing, timeout=120, polling_interval=0.2)
+    assert "about to fail" in "\n".join(client.get_job_logs(failing))
+    with pytest.raises(ValueError, match="cannot be instrumented"):
+        TransformersTrainer(command="bash")

@@ -598,6 +598,23 @@ def test_runtime_is_the_clusters(ray_client, cluster):
     assert ray_client.list_jobs() == []
 
 
+def test_trainer_command_runs_on_ray(ray_client):
+    """Kubeflow's TrainerCommand: a program on every Ray Train worker, with the rank's environment (issue 13)."""
+    from trainjob.options import Labels, Name, TrainerArgs, TrainerCommand
+
+    job = ray_client.train(
+        trainer=CustomTrainer(command="true", num_procs_per_node=2),
+        options=[TrainerCommand(["bash", "-c", 'echo "rank=$RANK of $WORLD_SIZE" "$@"', "-"]), TrainerArgs(["x"]), Name("ray-command"), Labels({"team": "nlp"})],
+    )
+    assert finish(ray_client, job).status == JobStatus.COMPLETE
+    assert job == "ray-command" and ray_client.get_job(job).labels == {"team": "nlp"}
+    assert [j.name for j in ray_client.list_jobs(labels={"team": "nlp"})] == ["ray-command"]
+    logs = "\n".join(ray_client.get_job_logs(job))
+    assert "rank=0 of 2 x" in logs and "rank=1 of 2 x" in logs, logs[-2000:]
+    with pytest.raises(ValidationError, match="no other job has"):
+        ray_client.train(trainer=CustomTrainer(command="true"), options=[Name("ray-command")])
+
+
 def test_bad_config_and_unreachable_cluster():
     with pytest.raises(ValidationError) as info:
         TrainerClient(RayBackendConfig(address="tcp://x:1", installer="conda"))

@@ -12,7 +12,7 @@ from trainjob.backends.base import JobExtras
 from trainjob.config import LocalBackendConfig
 from trainjob.errors import JobFailedError, JobStateError, JobTimeoutError, Problem, ValidationError
 from trainjob import initializers
-from trainjob.options import Name, apply_options, name_problem
+from trainjob.options import Name, TrainerCommand, apply_options, name_problem
 from trainjob.trainers import BuiltinTrainer, CustomTrainer, CustomTrainerContainer
 from trainjob.types import Event, JobStatus, LogChunk, Result, Runtime, TrainJob
 
@@ -81,7 +81,8 @@ class TrainerClient:
             if wanted not in known:
                 problems.append(Problem("runtime", wanted, f"a runtime of the {backend} backend: {', '.join(map(repr, known))} (list_runtimes())"))
         if isinstance(trainer, CustomTrainerContainer):
-            problems.append(Problem("trainer", "CustomTrainerContainer", f"a CustomTrainer or TransformersTrainer: the {backend} backend runs no container images; run the code with CustomTrainer(func=...) or options=[TrainerCommand([...])]"))
+            if not any(isinstance(o, TrainerCommand) for o in options or ()):
+                problems.append(Problem("trainer", "CustomTrainerContainer", f"a CustomTrainer or TransformersTrainer: the {backend} backend runs no container images; run the code with CustomTrainer(func=...), or give the container's command as options=[TrainerCommand([...])] (it then runs in the backend's own environment)"))
         elif isinstance(trainer, BuiltinTrainer):
             problems.append(Problem("trainer", "BuiltinTrainer", f"a CustomTrainer or TransformersTrainer: the {backend} backend has no built-in (TorchTune) trainers"))
         elif trainer is not None and not isinstance(trainer, CustomTrainer):

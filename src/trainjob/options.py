@@ -12,9 +12,11 @@ apply to its backend, naming the backend.
   and the dashboard; ``list_jobs(labels={...})`` and ``trainjob ls -l key=value`` filter on labels.
 - ``ActiveDeadlineSeconds(n)``: the trainer's ``active_deadline_seconds``: after ``n`` seconds of
   running the job saves a checkpoint and ends ``Failed`` with reason ``DeadlineExceeded``.
-- ``TrainerCommand([...])``/``TrainerArgs([...])``: run a Python command instead of a function:
-  ``["python", "train.py", ...]`` runs the file as a script, ``["python", "-m", "pkg.train", ...]``
-  the module, each rank started as with torchrun. ``TrainerArgs`` gives (or replaces) the
+- ``TrainerCommand([...])``/``TrainerArgs([...])``: run a command instead of a function, on every
+  rank, as with torchrun: ``["python", "train.py", ...]`` runs the file as a script and
+  ``["python", "-m", "pkg.train", ...]`` the module (both instrumented by ``TransformersTrainer``),
+  any other program (``["bash", "train.sh"]``) as a process of the rank, with its environment
+  (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...). ``TrainerArgs`` gives (or replaces) the
   command's arguments.
 - ``RuntimePatch(...)``: Kubernetes only (it patches a ``TrainingRuntime``); refused here.
 """
@@ -34,6 +36,7 @@ NAME_MAX = 63
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 ALL_BACKENDS = ("local", "ray", "kubernetes")
+LAUNCHERS = ("torchrun", "torch.distributed.run", "accelerate", "deepspeed", "mpirun")  # they would start ranks inside ranks
 NAME_EXPECTED = "a DNS-1035 name: lower-case letters, digits and '-', starting with a letter, not ending with '-', at most 63 characters (e.g. 'fine-tune-1')"
 
 
@@ -134,12 +137,12 @@ def _check_str_list(kind: str, values: object, what: str) -> None:
 
 @dataclass(frozen=True)
 class TrainerCommand(Option):
-    """Run this Python command on every rank instead of a function.
+    """Run this command on every rank instead of a function.
 
-    ``["python", "train.py", "--lr", "1e-4"]`` (a script, as ``python train.py``) or
-    ``["python", "-m", "pkg.train", ...]`` (a module). Other programs are refused: trainjob
-    itself starts the ranks (as torchrun would), so ``torchrun``/``accelerate launch`` prefixes
-    are not needed.
+    ``["python", "train.py", "--lr", "1e-4"]`` (a script, as ``python train.py``),
+    ``["python", "-m", "pkg.train", ...]`` (a module) or any other program (``["bash",
+    "train.sh"]``, run with the rank's environment). Launchers (``torchrun``, ``accelerate``...)
+    are refused: trainjob itself starts the ranks, so their prefixes are not needed.
     """
 
     command: list[str]
@@ -154,7 +157,8 @@ class TrainerCommand(Option):
 
 @dataclass(frozen=True)
 class TrainerArgs(Option):
-    """Arguments of the command (``TrainerCommand``, or the trainer's ``script``/``module``): ``sys.argv[1:]``."""
+    """Arguments after the command (as Kubernetes puts ``args`` after ``command``), or, with no
+    ``TrainerCommand``, the trainer's ``script``/``module``/``command`` arguments (replaced)."""
 
     args: list[str]
 
@@ -183,15 +187,19 @@ def parse_command(command: list[str]) -> dict[str, Any]:
     if not command:
         raise ValidationError([Problem("TrainerCommand", command, f"a Python command: {expected}")], "TrainerCommand")
     head, rest = command[0], list(command[1:])
-    if re.fullmatch(r"python(\d+(\.\d+)?)?", os.path.basename(head)):
-        if rest[:1] == ["-m"] and len(rest) >= 2:
+    program = os.path.basename(head)
+    if re.fullmatch(r"python(\d+(\.\d+)?)?", program):
+        if rest[:1] == ["-m"] and len(rest) >= 2 and rest[1] not in LAUNCHERS:
             return {"module": rest[1], "script_args": rest[2:]}
         if rest and rest[0].endswith(".py"):
             return {"script": rest[0], "script_args": rest[1:]}
     elif head.endswith(".py"):
         return {"script": head, "script_args": rest}
+    elif head.strip() and program not in LAUNCHERS:
+        return {"command": head, "script_args": rest}
     raise ValidationError(
-        [Problem("TrainerCommand", command, f"a Python command: {expected} (trainjob starts the ranks itself, as torchrun would)")], "TrainerCommand"
+        [Problem("TrainerCommand", command, f"a command such as {expected} or ['bash', 'train.sh']: not a launcher ({', '.join(LAUNCHERS)}): trainjob starts the ranks itself")],
+        "TrainerCommand",
     )
 
 
@@ -214,7 +222,7 @@ def apply_options(options: list[Any] | None, trainer: Any, backend: str) -> Subm
     Every problem is reported at once: options that are not trainjob options, options that do
     not apply to ``backend``, and a command that conflicts with the trainer's function.
     """
-    from trainjob.trainers import CustomTrainer
+    from trainjob.trainers import CustomTrainer, CustomTrainerContainer
 
     sub = Submission(trainer=trainer)
     problems: list[Problem] = []
@@ -233,9 +241,14 @@ def apply_options(options: list[Any] | None, trainer: Any, backend: str) -> Subm
         raise ValidationError(problems, "train() options")
     if sub.command is not None or sub.args is not None:
         entry: dict[str, Any] = parse_command(sub.command) if sub.command is not None else {}
-        if sub.args is not None:
-            entry["script_args"] = list(sub.args)
-        if trainer is None:
+        if sub.args is not None:  # as on Kubernetes: the command's own words, then the args
+            entry["script_args"] = list(entry.get("script_args") or []) + list(sub.args)
+        if isinstance(trainer, CustomTrainerContainer) and sub.command is not None:
+            # Kubeflow's pairing: the container's command, here run in the backend's environment
+            # (CustomTrainer's image warning says the image is not used).
+            c = trainer
+            trainer = CustomTrainer(image=c.image, num_nodes=c.num_nodes, resources_per_node=c.resources_per_node, env=c.env, **entry)
+        elif trainer is None:
             if sub.command is None:
                 raise ValidationError([Problem("options", "TrainerArgs", "TrainerArgs with a command to pass them to: add TrainerCommand([...]) or give a trainer with script=/module=")], "train() options")
             trainer = CustomTrainer(**entry)
@@ -244,8 +257,8 @@ def apply_options(options: list[Any] | None, trainer: Any, backend: str) -> Subm
                 what = "TrainerCommand replaces" if sub.command is not None else "TrainerArgs are a command's arguments, not"
                 raise ValidationError([Problem("options", "TrainerCommand" if sub.command is not None else "TrainerArgs", f"no command options with a function trainer ({what} the training function; functions take func_args): drop func, or the option")], "train() options")
             if sub.command is not None:
-                entry.setdefault("script", None)
-                entry.setdefault("module", None)
+                for key in ("script", "module", "command"):
+                    entry.setdefault(key, None)
             trainer = dataclasses.replace(trainer, **entry)
     if sub.changes and trainer is not None:
         trainer = dataclasses.replace(trainer, **sub.changes)

@@ -33,7 +33,10 @@ class CustomTrainer:
     - ``func``: a callable, called as ``func(**func_args)`` on every rank (serialized with
       cloudpickle, so globals it uses travel with it), or an import reference ``"pkg.mod:fn"``;
     - ``script``: a Python file run as ``__main__`` with ``script_args`` as ``sys.argv[1:]``;
-    - ``module``: a module run like ``python -m module script_args...``.
+    - ``module``: a module run like ``python -m module script_args...``;
+    - ``command``: a program run like a container's command on Kubernetes, ``command
+      script_args...``, once on every rank with the rank's environment (``RANK``, ``WORLD_SIZE``,
+      ``MASTER_ADDR``...); not instrumented (Kubeflow's ``TrainerCommand`` option sets it).
 
     Ranks run in the job's ``workdir`` folder: relative paths in user code land there.
 
@@ -55,6 +58,7 @@ class CustomTrainer:
     _: KW_ONLY
     script: str | os.PathLike | None = None
     module: str | None = None
+    command: str | None = None
     script_args: list[str] | None = None
     num_procs_per_node: int | None = None
     max_restarts: int = 0
@@ -82,9 +86,11 @@ class CustomTrainer:
 
     @property
     def entrypoint_kind(self) -> str:
-        """``"func"``, ``"func_ref"``, ``"script"`` or ``"module"``."""
+        """``"func"``, ``"func_ref"``, ``"script"``, ``"module"`` or ``"command"``."""
         if self.func is not None:
             return "func_ref" if isinstance(self.func, str) else "func"
+        if self.command is not None:
+            return "command"
         return "script" if self.script is not None else "module"
 
     def procs_per_node(self, gpus_available: int = 0) -> int:
@@ -141,11 +147,13 @@ class CustomTrainer:
         return p
 
     def _validate_entrypoint(self, p: list[Problem]) -> None:
-        given = [n for n in ("func", "script", "module") if getattr(self, n) is not None]
+        given = [n for n in ("func", "script", "module", "command") if getattr(self, n) is not None]
         if not given:
-            p.append(Problem("func", None, "a training function, or script='train.py', or module='pkg.train'"))
+            p.append(Problem("func", None, "a training function, or script='train.py', or module='pkg.train', or command='program'"))
         elif len(given) > 1:
-            p.append(Problem(given[1], getattr(self, given[1]), f"only one of func, script, module; {given[0]} is already given"))
+            p.append(Problem(given[1], getattr(self, given[1]), f"only one of func, script, module, command; {given[0]} is already given"))
+        if self.command is not None and (not isinstance(self.command, str) or not self.command.strip()):
+            p.append(Problem("command", self.command, "a program name or path, e.g. 'bash' or './train.sh'; its arguments go in script_args"))
         if self.func is not None:
             if isinstance(self.func, str):
                 if not _FUNC_REF.match(self.func):
@@ -174,7 +182,7 @@ class CustomTrainer:
             else:
                 _check_str_list(p, "script_args", self.script_args, "a list of strings such as ['--lr', '1e-4']", allow_empty_items=True)
             if self.func is not None:
-                p.append(Problem("script_args", self.script_args, "only used with script or module; functions take func_args"))
+                p.append(Problem("script_args", self.script_args, "only used with script, module or command; functions take func_args"))
 
     def _validate_env(self, p: list[Problem]) -> None:
         if self.env is None:
@@ -224,6 +232,8 @@ class TransformersTrainer(CustomTrainer):
                 p.append(Problem("custom_metrics", self.custom_metrics, 'a dict of logged name -> exposed name, e.g. {"my_f1": "eval_custom_f1"}'))
         if isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int) or not 1024 <= self.metrics_port <= 65535:
             p.append(Problem("metrics_port", self.metrics_port, "an int port between 1024 and 65535"))
+        if self.command is not None and self.enable_progression_tracking:
+            p.append(Problem("command", self.command, "a Python script or module with TransformersTrainer (a command's processes cannot be instrumented), or CustomTrainer(command=...), or enable_progression_tracking=False"))
         if self.progress_timeout is not None:
             _check_seconds(p, "progress_timeout", self.progress_timeout)
             if self.enable_progression_tracking is False:

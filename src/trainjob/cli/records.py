@@ -69,6 +69,8 @@ def entrypoint_text(spec: dict[str, Any]) -> str:
         return f"{spec.get('script')} {args}".strip()
     if kind == "module":
         return f"-m {spec.get('module')} {args}".strip()
+    if kind == "command":
+        return f"{spec.get('command')} {args}".strip()
     return str(kind or "?")
 
 

@@ -72,7 +72,7 @@ def main() -> int:
 
 
 def run_entrypoint(spec: dict[str, Any], job_dir: Path) -> Any:
-    """Run what the spec names; returns the function's value (None for scripts and modules)."""
+    """Run what the spec names; returns the function's value (None for scripts, modules, commands)."""
     import runpy
 
     kind = spec["entrypoint"]
@@ -84,6 +84,11 @@ def run_entrypoint(spec: dict[str, Any], job_dir: Path) -> Any:
             func = resolve_func_ref(func)
         return func(**kwargs)
     args = list(spec.get("script_args") or [])
+    if kind == "command":  # a program (Kubeflow's TrainerCommand), in this rank's environment and folder
+        import subprocess
+
+        subprocess.run([spec["command"], *args], check=True)  # CalledProcessError: its exit status is the rank's error
+        return None
     if kind == "script":
         script = spec["script"]
         sys.argv = [script, *args]
