@@ -71,9 +71,10 @@ class Name(Option):
         sub.name = self.name
 
 
-def _check_metadata(kind: str, values: object, check_value: bool) -> list[Problem]:
+def _check_metadata(kind: str, values: object, check_value: bool) -> None:
+    """Raise one ``ValidationError`` naming every bad key and value of Labels/Annotations."""
     if not isinstance(values, dict):
-        return [Problem(kind, values, 'a dict of str to str, e.g. {"team": "nlp"}')]
+        raise ValidationError([Problem(kind, values, 'a dict of str to str, e.g. {"team": "nlp"}')], kind)
     problems = []
     for k, v in values.items():
         prefix, _, base = k.rpartition("/") if isinstance(k, str) else ("", "", "")
@@ -83,7 +84,8 @@ def _check_metadata(kind: str, values: object, check_value: bool) -> list[Proble
             problems.append(Problem(f"{kind}[{k!r}]", v, f"a string value (write {str(v)!r})"))
         elif check_value and (len(v) > 63 or not _LABEL_NAME.match(v)):
             problems.append(Problem(f"{kind}[{k!r}]", v, "a label value: at most 63 letters, digits, '-', '_', '.', starting and ending with a letter or digit (or empty)"))
-    return problems
+    if problems:
+        raise ValidationError(problems, kind)
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,7 @@ class Labels(Option):
     labels: dict[str, str]
 
     def __post_init__(self) -> None:
-        problems = _check_metadata("Labels", self.labels, check_value=True)
-        if problems:
-            raise ValidationError(problems, "Labels")
+        _check_metadata("Labels", self.labels, check_value=True)
 
     def apply(self, sub: "Submission") -> None:
         sub.labels.update(self.labels)
@@ -108,9 +108,7 @@ class Annotations(Option):
     annotations: dict[str, str]
 
     def __post_init__(self) -> None:
-        problems = _check_metadata("Annotations", self.annotations, check_value=False)
-        if problems:
-            raise ValidationError(problems, "Annotations")
+        _check_metadata("Annotations", self.annotations, check_value=False)
 
     def apply(self, sub: "Submission") -> None:
         sub.annotations.update(self.annotations)
