@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/jobs.py: training functi
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Warm start is tested in test_warm.py; elsewhere a warm process per test home would outlive its test.
+os.environ.setdefault("TRAINJOB_WARM_START", "0")
 
 
 @pytest.fixture

@@ -20,10 +20,16 @@ class LocalBackendConfig:
     ``home``: where the store and job folders live (default ``$TRAINJOB_HOME`` or ``~/.trainjob``).
     ``metrics_host``: the address rank 0's ``/metrics`` endpoint binds to (loopback by default);
     an address this machine has (checked when the backend is made), or ``0.0.0.0`` for all.
+    ``warm_start``: fork ranks from a warm process per environment that has already imported
+    the training stack (``False``: every job starts cold; ``TRAINJOB_WARM_START=0`` does the same
+    for every client); ``warm_idle_timeout``: seconds a warm process waits for the next job
+    before it exits (default ``$TRAINJOB_WARM_IDLE_TIMEOUT`` or 600). See docs/warm-start.md.
     """
 
     home: str | os.PathLike | None = None
     metrics_host: str = "127.0.0.1"
+    warm_start: bool = True
+    warm_idle_timeout: float | None = None  # None: $TRAINJOB_WARM_IDLE_TIMEOUT, else 600
 
     backend_path: ClassVar[str] = "trainjob.backends.local.backend:LocalBackend"
 
@@ -59,6 +65,17 @@ class RayBackendConfig:
 
 
 BackendConfig = LocalBackendConfig | RayBackendConfig
+
+
+def warm_config_problems(config: LocalBackendConfig) -> list[Problem]:
+    """What is wrong with ``config``'s warm-start settings (every problem), or nothing."""
+    problems = []
+    if not isinstance(config.warm_start, bool):
+        problems.append(Problem("warm_start", config.warm_start, "True or False"))
+    t = config.warm_idle_timeout
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")):
+        problems.append(Problem("warm_idle_timeout", t, "a number of seconds > 0, e.g. 600, or None"))
+    return problems
 
 
 def bind_host_problem(name: str, host: object) -> Problem | None:

@@ -66,6 +66,9 @@ class CustomTrainer:
     active_deadline_seconds: int | None = None  # Kubeflow's: past it the job fails with reason DeadlineExceeded
     stop_grace_seconds: float = 60.0  # a stop (or deadline): time for ranks to save and end before SIGTERM
     exit_grace_seconds: float = 30.0  # once a rank exited with its work done: time the others get to exit
+    # Local backend: fork the ranks from the environment's warm process (imports done) when one is
+    # ready; False: always start them as fresh processes (docs/warm-start.md).
+    warm_start: bool = True
 
     # Not instrumented: no callback, no endpoint.
     enable_progression_tracking: bool = field(default=False, init=False)
@@ -142,6 +145,8 @@ class CustomTrainer:
             _check_int(p, "active_deadline_seconds", self.active_deadline_seconds, minimum=1)
         _check_seconds(p, "stop_grace_seconds", self.stop_grace_seconds)
         _check_seconds(p, "exit_grace_seconds", self.exit_grace_seconds)
+        if not isinstance(self.warm_start, bool):
+            p.append(Problem("warm_start", self.warm_start, "True or False"))
         p.extend(parse_resources(self.resources_per_node)[1])
         self._validate_env(p)
         return p

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainjob.cli import common, doctor, envs, jobs, run
+from trainjob.cli import common, doctor, envs, jobs, run, warm
 from trainjob.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, CliExit, err
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, JobTimeoutError, StoreError, TrainJobError, ValidationError
 
@@ -50,6 +50,7 @@ app.command("wait", rich_help_panel=_CONTROL)(jobs.wait)
 app.command("stop", rich_help_panel=_CONTROL)(jobs.stop)
 app.command("delete", rich_help_panel=_CONTROL)(jobs.delete)
 app.add_typer(envs.app, name="envs", rich_help_panel=_CONTROL)
+app.add_typer(warm.app, name="warm", rich_help_panel=_CONTROL)
 app.command("doctor", rich_help_panel=_CONTROL)(doctor.doctor)
 
 

@@ -24,7 +24,7 @@ from trainjob.backends.base import Backend, JobExtras
 from trainjob.backends.local import logs, procs
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.records import build_result, load_return_value, utc
-from trainjob.config import LocalBackendConfig, bind_host_problem
+from trainjob.config import LocalBackendConfig, bind_host_problem, warm_config_problems
 from trainjob.errors import JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
 from trainjob.masking import mask_spec
 from trainjob.payload import dumps_payload
@@ -56,6 +56,9 @@ class LocalBackend(Backend):
         problem = bind_host_problem("metrics_host", self.config.metrics_host)
         if problem:  # every job's rank 0 would fail to serve /metrics there
             raise ValidationError([problem], "LocalBackendConfig")
+        warm_problems = warm_config_problems(self.config)
+        if warm_problems:
+            raise ValidationError(warm_problems, "LocalBackendConfig")
         self.home = Path(self.config.home).expanduser() if self.config.home else contract.home()
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.home, 0o700)
@@ -77,6 +80,7 @@ class LocalBackend(Backend):
                 "env": dict(trainer.env or {}),
                 "submit_dir": os.getcwd(),
                 "metrics_host": self.config.metrics_host,
+                "warm": {"enabled": self.config.warm_start, "idle_timeout": self.config.warm_idle_timeout},
                 "resume_from": resume_from,
                 "name": job_id,
                 "initializers": list(extras.initializers),  # run by the supervisor before the ranks (initializers.py)

@@ -26,6 +26,7 @@ from trainjob.backends.local.failures import NodeOutcome, collect_failures, desc
 from trainjob.backends.local.hangs import Hang, HangWatch, dump_stacks, work_done
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.local.launcher import plan_launch, free_port
+from trainjob.backends.local.warm import client as warm_start
 from trainjob.checkpoints import checkpoint_step, latest_complete, list_checkpoints
 from trainjob.resources import local_capacity
 from trainjob.errors import TrainJobError
@@ -214,9 +215,14 @@ class Supervisor:
         attempt = Attempt(number)
         self.attempt = attempt
         nproc = int(self.spec["procs_per_node"])
-        for plan in plans:
-            with open(plan.log_file, "ab") as log:
-                proc = subprocess.Popen(plan.argv, env=plan.env, cwd=plan.cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # Warm start (backends/local/warm): the nodes forked from the environment's warm process, or None: cold.
+        warm = warm_start.start_nodes(plans, spec=self.spec, home=self.home, python=self.python, run_dir=self.dir.run_dir, attempt=number)
+        for i, plan in enumerate(plans):
+            if warm.nodes is not None:
+                proc = warm.nodes[i]
+            else:
+                with open(plan.log_file, "ab") as log:
+                    proc = subprocess.Popen(plan.argv, env=plan.env, cwd=plan.cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             attempt.nodes.append(proc)
             attempt.ranks.append(tuple(range(plan.node_rank * nproc, (plan.node_rank + 1) * nproc)))
             # Recorded for readers: if this supervisor dies, reconcile() ends the launchers too.
@@ -235,6 +241,8 @@ class Supervisor:
             f"attempt {number}: {self.world} rank{'s' if self.world != 1 else ''} on {len(plans)} node{'s' if len(plans) != 1 else ''}" + (" (resuming)" if resume else ""),
             {"attempt": number, "world_size": self.world, "pids": [n.pid for n in attempt.nodes], "resume": resume},
         )
+        if warm.reason:
+            self.store.add_event(self.job_id, warm.reason, warm.message, warm.data)
         return attempt
 
     def _monitor(self, attempt: Attempt) -> bool:
