@@ -62,7 +62,7 @@ BAD_SPECS = [
     ({"script": "/nonexistent/train.py"}, "script", "does not exist"),
     ({"module": "not a module!"}, "module", "dotted module"),
     ({"script": __file__, "script_args": "--lr 1e-4"}, "script_args", "list of strings"),
-    ({"func": ok, "script_args": ["--x"]}, "script_args", "script or module"),
+    ({"func": ok, "script_args": ["--x"]}, "script_args", "script, module or command"),
 ]
 
 
