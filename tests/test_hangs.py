@@ -171,7 +171,7 @@ def test_stop_of_a_job_hung_mid_training_takes_its_stop_grace_not_minutes(client
     job = _wait_end(client, job_id, timeout=90)
     took = time.monotonic() - t0
     assert job.status == "Stopped"
-    assert took < 2 + 10 + 15  # stop grace, SIGTERM grace, polling; was 310 s
+    assert took < 60  # stop grace 2 s + SIGTERM grace 10 s + slack for a loaded machine; was 310 s
     assert any("stop_grace_seconds=2" in e.message for e in client.get_job_events(job_id))
     _no_processes_left(job)
 
