@@ -287,3 +287,30 @@ def test_global_opt_out_and_cli(wclient, warm_home, monkeypatch):
     assert result.exit_code == 0, result.output
     wait_until(lambda: not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE, timeout=15, what="the warm process to stop")
     assert not common.paths(warm_home, record["key"])["sock"].exists()
+
+
+@pytest.mark.slow
+def test_a_busy_warm_process_means_a_cold_start_and_its_late_fork_is_dropped(wclient, warm_home):
+    info = ready(warm_home)
+    os.kill(info.pid, signal.SIGSTOP)  # alive, its socket accepts, but it does not answer
+    try:
+        job_id = run_job(wclient, CustomTrainer(func="warm_jobs:ddp_sum"))
+    finally:
+        os.kill(info.pid, signal.SIGCONT)
+    [ev] = events(wclient, job_id, "WarmStart", "ColdStart")
+    assert ev.reason == "ColdStart" and "busy" in ev.message, ev.message
+    assert wclient.get_job_result(job_id).return_value["sum"] == 1.0
+    log = common.paths(warm_home, info.key)["log"]
+    wait_until(lambda: "dropped a fork request" in log.read_text(), timeout=30, what="the stale request to be dropped")
+    assert psutil.Process(info.pid).children() == []  # the job did not run twice
+
+
+@pytest.mark.slow
+def test_idle_timeout_ends_the_warm_process(tmp_path):
+    home = tmp_path / "idlehome"
+    key = warm_client.start_for_current_environment(home, idle=2.0, wait=180)
+    status = common.read_status(common.paths(home, key)["json"])
+    assert status["state"] == "ready" and status["idle_timeout"] == 2.0
+    wait_until(lambda: not psutil.pid_exists(status["pid"]) or psutil.Process(status["pid"]).status() == psutil.STATUS_ZOMBIE, timeout=30, what="the idle warm process to exit")
+    assert not common.paths(home, key)["sock"].exists()
+    assert [i.key for i in warm_client.list_servers(home)] == []

@@ -154,7 +154,7 @@ def _fork_node(home: Path, key: str, plan: Any, nproc: int, world: int, exit_fil
         log = os.open(plan.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             request = {"op": "fork", "key": key, "env": dict(plan.env), "cwd": str(plan.cwd), "nproc": nproc, "world": world,
-                       "node_rank": plan.node_rank, "exit_file": str(exit_file)}  # fmt: skip
+                       "node_rank": plan.node_rank, "exit_file": str(exit_file), "sent_at": time.time()}  # fmt: skip
             common.send(sock, request, [log])
         finally:
             os.close(log)
@@ -272,8 +272,8 @@ def start_for_current_environment(home: Path, idle: float | None = None, wait: f
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         status = common.read_status(files["json"]) or {}
-        if status.get("state") == "refused" or (status.get("state") == "ready" and _process(status) is not None):
-            break
+        if status.get("state") not in (None, "starting") or (status and _process(status) is None):
+            break  # ready, refused, stopping, or it died
         time.sleep(0.1)
     return key
 

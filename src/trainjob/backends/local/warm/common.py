@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 WARM_DIR = "warm"
 MAX_MESSAGE = 4 * 1024 * 1024  # an environment is a few tens of KiB
+REQUEST_DEADLINE = 1.5  # seconds after which a fork request is stale: its sender waits 2 s at most, then starts cold
 DEFAULT_IDLE_TIMEOUT = 600.0  # seconds a warm process waits for the next fork before it exits
 ENABLE_ENV = "TRAINJOB_WARM_START"  # "0": every job starts cold (the global opt-out)
 IDLE_ENV = "TRAINJOB_WARM_IDLE_TIMEOUT"  # seconds; overrides the default idle timeout

@@ -177,6 +177,7 @@ class Server:
         self.status = {**base, **report, "state": "ready", "ready_at": time.time(), "socket": str(sock_path)}
         contract.write_json_atomic(self.files["json"], self.status)
         print(f"[trainjob warm] ready in {time.time() - self.started_at:.2f}s (imports {report['import_seconds']}s): {', '.join(report['imported'])}", flush=True)
+        self.last_activity = time.monotonic()  # the idle time counts from here, not from before the imports
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, ("listen", None))
         try:
@@ -316,6 +317,11 @@ class Server:
             common.send(conn, {"error": "a fork request needs the log file's descriptor"})
             conn.close()
             return
+        if _peer_gone(conn) or time.time() - float(request.get("sent_at") or 0) > common.REQUEST_DEADLINE:
+            # The supervisor gave up waiting (it started the job cold): forking now would run the job twice.
+            print(f"[trainjob warm] dropped a fork request its sender no longer waits for (node {request.get('node_rank')})", flush=True)
+            conn.close()
+            return
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -352,6 +358,21 @@ class Server:
         except OSError:
             pass
         conn.close()
+
+
+def _peer_gone(conn) -> bool:
+    """True if the client closed its end (it stopped waiting for the reply)."""
+    import select
+    import socket
+
+    if not select.select([conn], [], [], 0)[0]:
+        return False  # nothing more to read: it still waits (recv would block on a socket with a timeout)
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return False
+    except OSError:
+        return True
 
 
 def _read_pid(path) -> int | None:
