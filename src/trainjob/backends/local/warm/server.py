@@ -133,7 +133,6 @@ class Server:
     def serve(self) -> int:
         import gc
         import selectors
-        import socket
 
         from trainjob import contract
         from trainjob.backends.local import procs
@@ -181,14 +180,14 @@ class Server:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, ("listen", None))
         try:
-            self._loop(socket)
+            self._loop()
         finally:
             self._close_listener()
             print(f"[trainjob warm] exiting after {self.forks} fork(s)", flush=True)
         return 0
 
     # ---- serving -------------------------------------------------------------------------------
-    def _loop(self, socket) -> None:
+    def _loop(self) -> None:
         next_check = 0.0
         while True:
             if self.stopping:
