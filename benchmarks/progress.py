@@ -12,7 +12,8 @@ median of those per-round ratios (a ratio of medians mixes rounds). Measured:
   shown step stopped being the current one (0 if it still is). The true step times come from a
   user callback in the job itself, not from trainjob. Target p95 <= 1 s;
 - the supervisor's CPU time per job (all its threads, from ``/proc``, sampled at each poll until
-  it exits) and its share of a core while the job runs;
+  it exits), its share of a core while the job is Running (rank start and outcome included) and
+  while training (from the first stored progress to the last before the final step: collecting);
 - the rank-0 ``/metrics`` endpoint under a 10 Hz external poller: latency p50/p99 and the
   throughput with that poller running vs without.
 """
@@ -80,8 +81,10 @@ def run_job(
     latencies: list | None = None,
     supervisor: list | None = None,
 ) -> float:
-    """One job; returns its steps/s. ``supervisor`` gets (CPU seconds of the whole job, CPU seconds
-    while Running, Running wall seconds) of the job's supervisor process."""
+    """One job; returns its steps/s. ``supervisor`` gets, for the job's supervisor process: (CPU
+    seconds of the whole job, CPU seconds while Running, Running wall seconds, CPU seconds while
+    the stored step moves, those wall seconds). Running also covers the ranks' start and the
+    recording of the outcome; "while training" is the steady state of collecting."""
     from trainjob import TransformersTrainer
 
     step_log = tempfile.mktemp(suffix=".json") if staleness is not None else None
@@ -95,16 +98,19 @@ def run_job(
     pid = None
     cpu_last = cpu_run0 = None
     t_run0 = t_last = 0.0
+    training: list[tuple[float, float]] = []  # (time, supervisor CPU) while the stored step moves below the last
     while True:
         job = client.get_job(job_id)
-        if pid is None:
-            pid = client.backend.store.get_job(job_id).supervisor_pid
+        row = client.backend.store.get_job(job_id)
+        pid = pid or row.supervisor_pid
         if pid is not None:
             cpu = cpu_seconds(pid)
             if cpu is not None:
                 cpu_last, t_last = cpu, time.monotonic()
                 if cpu_run0 is None and job.status == "Running":
                     cpu_run0, t_run0 = cpu, t_last
+                if row.progress and (row.progress.get("currentStep") or 0) < steps:
+                    training.append((t_last, cpu))
         if staleness is not None:
             p = client.get_job_progress(job_id)
             if p:
@@ -113,7 +119,8 @@ def run_job(
             break
         time.sleep(0.05)
     if supervisor is not None and cpu_last is not None and cpu_run0 is not None:
-        supervisor.append((cpu_last, cpu_last - cpu_run0, t_last - t_run0))
+        (t0, c0), (t1, c1) = (training[0], training[-1]) if len(training) > 1 else ((0.0, 0.0), (0.0, 0.0))
+        supervisor.append((cpu_last, cpu_last - cpu_run0, t_last - t_run0, c1 - c0, t1 - t0))
     stop.set()
     if poller:
         poller.join()
@@ -199,11 +206,16 @@ def main() -> None:
     print(
         table(
             [
-                (k, f"{median([c for c, _, _ in v]):.3f}", f"{median([r for _, r, _ in v]):.3f}", f"{100 * median([r / w for _, r, w in v if w > 0]):.2f}%")
+                (
+                    k,
+                    f"{median([j[0] for j in v]):.3f}",
+                    f"{100 * median([j[1] / j[2] for j in v if j[2] > 0]):.2f}%",
+                    f"{100 * median([j[3] / j[4] for j in v if j[4] > 0]):.2f}%" if any(j[4] > 0 for j in v) else "-",
+                )
                 for k, v in sup.items()
                 if v
             ],
-            ("supervisor (median per job)", "CPU s, whole job", "CPU s while Running", "share of a core while Running"),
+            ("supervisor (median per job)", "CPU s, whole job", "share of a core while Running", "while training (collecting)"),
         )
     )
     print()
