@@ -43,6 +43,7 @@ class Collector:
         self._offsets: dict[str, int] = {}
         self._progress_ino: int | None = None  # the progress file being read (a new one after rank 0 starts it afresh)
         self._progress_offset = 0  # bytes of it already read
+        self._progress_seen: tuple[int, int, int] | None = None  # (inode, size, mtime) at the last read
         self._changes: _RunFolderWatch | None = None
         self._last_wake = -float("inf")
         self._endpoint_seen = False
@@ -102,17 +103,21 @@ class Collector:
             st = os.stat(path)
         except FileNotFoundError:
             return None, None
-        if st.st_ino == self._progress_ino and st.st_size <= self._progress_offset:
+        if (st.st_ino, st.st_size, st.st_mtime_ns) == self._progress_seen:
             return None, None
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())  # the file opened, which a rename may have made a new one
-                if st.st_ino != self._progress_ino:
+                # A new file (rank 0 started one afresh) may reuse the old one's inode number:
+                # a file shorter than what was read is new too. One that has grown past it is
+                # read from there: only its last complete line matters.
+                if st.st_ino != self._progress_ino or st.st_size < self._progress_offset:
                     self._progress_ino, self._progress_offset = st.st_ino, 0
                 f.seek(self._progress_offset)
                 chunk = f.read(st.st_size - self._progress_offset)
         except OSError:
             return None, None
+        self._progress_seen = (st.st_ino, st.st_size, st.st_mtime_ns)
         end = chunk.rfind(b"\n")
         if end < 0:
             return None, None  # only part of a line so far
