@@ -145,7 +145,9 @@ class TrainjobCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         finished = bool(state.max_steps) and state.global_step >= state.max_steps
-        self._flush(state, time.monotonic(), finished=finished)
+        # Training is over even when it ended early (EarlyStoppingCallback, should_training_stop, a
+        # stop request): nothing remains to estimate, the step is where it stopped.
+        self._flush(state, time.monotonic(), finished=True)
         self._event(
             "TrainEnd",
             f"training ended at step {state.global_step}/{state.max_steps}",

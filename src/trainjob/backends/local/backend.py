@@ -267,7 +267,9 @@ class LocalBackend(Backend):
                 f"cannot delete job {job_id}: it is {row.status.value} and its supervisor runs on host {row.supervisor_host!r}, "
                 f"not on this one ({procs.this_host()!r}); stop it (stop_job works from any host) or delete it there"
             )
-        if not row.status.is_terminal:
+        if not _elsewhere(row):
+            # Whatever the recorded status: an ended job's supervisor may still be finishing, and a
+            # process recorded for it may have outlived it; its files are about to go.
             sup = procs.process(row.supervisor_pid, row.supervisor_start)
             if sup is not None:
                 # SIGKILL, not SIGTERM: SIGTERM means "stop gracefully" to a supervisor.
