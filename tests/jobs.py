@@ -149,6 +149,16 @@ def slow_tiny(max_steps: int = 40, save_steps: int | None = 10, step_delay: floa
     return train_tiny_gpt2(max_steps=max_steps, output_dir=output_dir, eval_steps=None, save_steps=save_steps, seed=seed,
                            callbacks=[Pause()], **training_args)  # fmt: skip
 
+def rewrite_then_slow_tiny(rewrite: tuple[str, ...] = (), **kw):
+    """Overwrite each file in ``rewrite`` (relative to the job's workdir) in place, as a Trainer's
+    ``save_model`` overwrites ``model.safetensors``, then train as ``slow_tiny``: a resumed job that
+    changes what it was given, so a test can check the source job's files stay as they were."""
+    for rel in rewrite:
+        with open(rel, "r+b") as f:
+            f.write(b"rewritten by the resumed job")
+    return slow_tiny(**kw)
+
+
 def quick_value(x: int = 42):
     return x
 

@@ -225,13 +225,30 @@ def test_stop_saves_at_an_agreed_step(any_client):
     assert any_client.get_job(job_id).status == JobStatus.STOPPED and len(any_client.get_job_events(job_id)) == n
     ranks_gone(any_client, job_id)
 
-    # train(resume=...) continues from that checkpoint in a new job (here: 10 steps more).
-    more = TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": stopped_at + 10, "save_steps": None, "step_delay": 0.0}, num_procs_per_node=2)
+    # train(resume=...) continues from that checkpoint in a new job (here: 10 steps more). The new
+    # job gets the old one's files: a complete checkpoint shared (hard links: never written again),
+    # everything else copied, so whatever the new job overwrites in place (a partial checkpoint,
+    # final model files in output_dir) leaves the old job's files as they were.
+    out = Path(result.output_dir)
+    partial, final = out / f"checkpoint-{stopped_at + 5}", out / "model.safetensors"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"partial weights of the old job")
+    final.write_bytes(b"final weights of the old job")
+    rewrite = (f"output/{partial.name}/model.safetensors", "output/model.safetensors")
+    more = TransformersTrainer(
+        func=jobs.rewrite_then_slow_tiny, func_args={"rewrite": rewrite, "max_steps": stopped_at + 10, "save_steps": None, "step_delay": 0.0}, num_procs_per_node=2
+    )
     resumed = any_client.train(more, resume=job_id)
     any_client.wait_for_job_completion(resumed, timeout=JOB_TIMEOUT)
     assert events(any_client, resumed, "TrainBegin")[0].data["start_step"] == stopped_at
     assert any_client.get_job_result(resumed).return_value["global_step"] == stopped_at + 10
-    assert [c.name for c in list_checkpoints(result.output_dir)] == [f"checkpoint-{stopped_at}"]  # the old job's folder is untouched
+    new_out = Path(any_client.get_job_result(resumed).output_dir)
+    assert (new_out / "model.safetensors").read_bytes() != b"final weights of the old job"  # the new job did write its own
+    assert (partial / "model.safetensors").read_bytes() == b"partial weights of the old job"
+    assert final.read_bytes() == b"final weights of the old job"
+    name = f"checkpoint-{stopped_at}"
+    assert (out / name / "model.safetensors").stat().st_ino == (new_out / name / "model.safetensors").stat().st_ino
+    assert [c.name for c in list_checkpoints(out)] == [name, partial.name]  # no new checkpoint in the old job's folder
 
 
 def test_active_deadline_saves_and_fails_with_deadline_exceeded(any_client):

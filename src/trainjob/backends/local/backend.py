@@ -7,9 +7,9 @@ Failed with the reason (``reconcile``), so a status is never stuck.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-import shutil
 import signal
 import sqlite3
 import string
@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainjob import contract
-from trainjob.backends.base import Backend, JobExtras
+from trainjob.backends.base import Backend, JobExtras, JobQuery
 from trainjob.backends.local import logs, procs
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.records import build_result, load_return_value, utc
 from trainjob.config import LocalBackendConfig, bind_host_problem, warm_config_problems
+from trainjob.core.resume import carry_workdir
 from trainjob.errors import JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
 from trainjob.masking import mask_spec
 from trainjob.payload import dumps_payload
@@ -109,7 +110,7 @@ class LocalBackend(Backend):
         try:
             jobdir.create(spec, payload)
             if source is not None:
-                _link_tree(source.workdir, jobdir.workdir)
+                carry_workdir(source.workdir, jobdir.workdir)
             self.store.add_event(job_id, "Created", f"job created ({spec['trainer']}, {spec['entrypoint']})" + (f", resuming {resume_from}" if resume_from else ""))
             self._start_supervisor(job_id, jobdir)
         except BaseException:
@@ -206,8 +207,28 @@ class LocalBackend(Backend):
         return self._to_job(self._row(job_id))
 
     def list_jobs(self, status: set[JobStatus] | None = None) -> list[TrainJob]:
-        rows = [self.reconcile(r) for r in self.store.list_jobs()]
-        return [self._to_job(r) for r in rows if status is None or r.status in status]
+        return self.query_jobs(JobQuery(status=status))
+
+    def query_jobs(self, query: JobQuery) -> list[TrainJob]:
+        """One page of jobs, filtered, ordered and paged in SQL; specs are parsed only when read.
+
+        The jobs that have not ended are reconciled first (a few: what runs or waits), so a job
+        whose supervisor died is filtered by its recorded Failed status, never listed Running.
+        """
+        if query.runtime is not None and query.runtime != self._runtime().name:
+            return []
+        for row in self.store.list_jobs([s for s in JobStatus if not s.is_terminal]):
+            self.reconcile(row)
+        rows = self.store.list_jobs(
+            query.status, labels=query.labels, name=query.name, newest_first=query.newest_first, limit=query.limit, offset=query.offset, brief=True
+        )
+        return [self._to_job(r) for r in rows]
+
+    def count_jobs(self, query: JobQuery) -> int:
+        """How many jobs ``query`` selects, paging aside."""
+        if query.runtime is not None and query.runtime != self._runtime().name:
+            return 0
+        return self.store.count_jobs(query.status, labels=query.labels, name=query.name)
 
     def get_job_events(self, job_id: str) -> list[Event]:
         self._row(job_id)
@@ -219,6 +240,23 @@ class LocalBackend(Backend):
     def get_job_metrics(self, job_id: str) -> list[dict[str, Any]]:
         self._row(job_id)
         return self.store.metrics(job_id)
+
+    def read_job_metrics(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        self._exists(job_id)
+        return self.store.metrics(job_id, after, limit)
+
+    def count_job_metrics(self, job_id: str) -> int:
+        self._exists(job_id)
+        return self.store.metrics_count(job_id)
+
+    def job_metrics_series(self, job_id: str, start: int = 0, stop: int | None = None, points: int = 2000) -> dict[str, Any]:
+        self._exists(job_id)
+        return self.store.metrics_series(job_id, start, stop, points)
+
+    def _exists(self, job_id: str) -> None:
+        """Raise ``JobNotFoundError`` for an unknown job (a history read needs no reconciling)."""
+        if not isinstance(job_id, str) or not self.store.has_job(job_id):
+            raise JobNotFoundError(str(job_id))
 
     def get_job_result(self, job_id: str) -> Result:
         row = self._row(job_id)
@@ -283,7 +321,10 @@ class LocalBackend(Backend):
 
     # ---- conversion --------------------------------------------------------------------
     def _to_job(self, row: JobRow) -> TrainJob:
-        device = "gpu" if (row.spec.get("resources") or {}).get("gpu") else "cpu"
+        """The record of a row; a listing's row (spec left as text) gives a job whose spec is parsed on first read."""
+        gpu = (row.spec.get("resources") or {}).get("gpu") if row.spec is not None else row.spec_gpu
+        initializers = (row.spec.get("initializers") if row.spec is not None else row.spec_initializers) or []
+        device = "gpu" if gpu else "cpu"
         steps = [
             Step(
                 name=s["name"],
@@ -295,37 +336,63 @@ class LocalBackend(Backend):
             )
             for s in row.steps or []
         ] or [Step(f"node-{i}", row.status, device, row.procs_per_node, pod_name=f"{row.id}-node-{i}") for i in range(row.num_nodes)]
-        init = (row.extra or {}).get("initializers") or {}
-        steps = [
-            Step(s["step"], JobStatus.parse(init.get(s["step"], "Created")), "cpu", 1, pod_name=f"{row.id}-{s['step']}")
-            for s in row.spec.get("initializers") or []
-        ] + steps
-        return TrainJob(
-            id=row.id,
-            name=row.name,
-            status=row.status,
-            backend=row.backend,
-            created_at=utc(row.created_at),
-            started_at=utc(row.started_at) if row.started_at else None,
-            finished_at=utc(row.finished_at) if row.finished_at else None,
-            num_nodes=row.num_nodes,
-            procs_per_node=row.procs_per_node,
-            attempt=row.attempt,
-            steps=steps,
-            message=row.message,
-            queue_position=row.queue_position,
-            spec=mask_spec(row.spec),  # stored masked; masked again for records written before the rules grew
-            job_dir=JobDir.for_job(self.home, row.id).root,
-            runtime=self._runtime(),
-            labels=dict(row.labels or {}),
-            annotations=dict(row.annotations or {}),
-        )
+        if initializers:
+            init = (row.extra or {}).get("initializers") or {}
+            steps = [Step(s["step"], JobStatus.parse(init.get(s["step"], "Created")), "cpu", 1, pod_name=f"{row.id}-{s['step']}") for s in initializers] + steps
+        fields = {
+            "id": row.id,
+            "name": row.name,
+            "status": row.status,
+            "backend": row.backend,
+            "created_at": utc(row.created_at),
+            "started_at": utc(row.started_at) if row.started_at else None,
+            "finished_at": utc(row.finished_at) if row.finished_at else None,
+            "num_nodes": row.num_nodes,
+            "procs_per_node": row.procs_per_node,
+            "attempt": row.attempt,
+            "steps": steps,
+            "message": row.message,
+            "queue_position": row.queue_position,
+            "job_dir": JobDir.for_job(self.home, row.id).root,
+            "runtime": self._runtime(),
+            "labels": dict(row.labels or {}),
+            "annotations": dict(row.annotations or {}),
+        }
+        # Stored masked; masked again (when read) for records written before the rules grew.
+        return StoredJob.make(fields, row.spec if row.spec is not None else row.spec_text)
 
     def _runtime(self):
         """This machine's runtime, detected once per backend (every job runs on it)."""
         if self._local_runtime is None:
             self._local_runtime = self.list_runtimes()[0]
         return self._local_runtime
+
+
+class StoredJob(TrainJob):
+    """A ``TrainJob`` read from the local store: its ``spec`` is parsed and masked on first read.
+
+    A listing of 10,000 jobs then parses no spec at all. Everything else behaves as ``TrainJob``
+    (fields, equality between stored jobs, ``dataclasses.replace``, pickling).
+    """
+
+    @classmethod
+    def make(cls, fields: dict[str, Any], spec: dict[str, Any] | str | None) -> StoredJob:
+        job = object.__new__(cls)  # as dataclasses' own copy does: no per-field frozen __setattr__
+        job.__dict__.update(fields)
+        job.__dict__["_spec_source"] = spec
+        return job
+
+    def _get_spec(self) -> dict[str, Any]:
+        d = self.__dict__
+        if "_spec" not in d:
+            source = d.pop("_spec_source", None)
+            d["_spec"] = mask_spec(json.loads(source) if isinstance(source, str) else source or {})
+        return d["_spec"]
+
+    def _set_spec(self, value: dict[str, Any]) -> None:  # the dataclass __init__ (replace, unpickling)
+        self.__dict__["_spec"] = value
+
+    spec = property(_get_spec, _set_spec)  # type: ignore[assignment]
 
 
 def _elsewhere(row: JobRow) -> bool:
@@ -356,42 +423,6 @@ def _read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Copy an ended job's workdir into a resumed job's, hard-linking the complete checkpoints.
-
-    Files inside a complete ``checkpoint-N`` folder are never written again (a resumed Trainer
-    saves new, higher-numbered ones), so sharing them is safe and saves the space and time of a
-    copy. Everything else (a partial checkpoint, final model files in ``output_dir`` that the new
-    job will overwrite in place, logs, data) is copied, so the new job can never change the old
-    job's files. Falls back to copying when hard links are impossible (another filesystem).
-    """
-    from trainjob.checkpoints import is_complete
-
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    def copy_dir(s: Path, d: Path) -> None:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for entry in s.iterdir():
-            target = d / entry.name
-            if entry.is_symlink():
-                if not target.exists():
-                    os.symlink(os.readlink(entry), target)
-            elif entry.is_dir():
-                if is_complete(entry):
-                    shutil.copytree(entry, target, copy_function=link, dirs_exist_ok=True, symlinks=True)
-                else:
-                    copy_dir(entry, target)
-            elif entry.is_file():
-                shutil.copy2(entry, target)
-
-    if src.is_dir():
-        copy_dir(src, dst)
-
 
 def _forget_child(proc: subprocess.Popen) -> None:
     """The supervisor is detached; don't leave a zombie in a long-lived client when it ends."""

@@ -11,7 +11,6 @@ the Ray job failed and clients record that (``RayBackend``), so a status is neve
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from trainjob import contract
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.state import KV, EventWriter, Keys, dumps, last_event, read_events, read_metrics
 from trainjob.backends.ray.worker import describe_error, error_record, job_secret_values, root_cause
+from trainjob.core.resume import carry_workdir
 from trainjob.types import JobStatus
 
 STOP_GRACE = 60.0  # default stop_grace_seconds: ranks get this long to save a checkpoint and end after a stop
@@ -104,7 +104,7 @@ class Driver:
             if source:
                 src_dir = (self.kv.get_json(Keys(source).driver) or {}).get("job_dir")
                 if src_dir:
-                    link_tree(Path(src_dir) / contract.WORKDIR, self.job_dir / contract.WORKDIR)
+                    carry_workdir(Path(src_dir) / contract.WORKDIR, self.job_dir / contract.WORKDIR)
         finally:
             os.umask(old)
 
@@ -265,19 +265,6 @@ def record_outcome(kv: KV, keys: Keys, event: EventWriter, status: JobStatus, me
         reason = "DeadlineExceeded"  # Kubeflow's reason for this failure
     event(reason, message or f"job {status.value.lower()}", {"error": error} if error else {})
     return True
-
-
-def link_tree(src: Path, dst: Path) -> None:
-    """Copy a job's workdir into a resumed job's, hard-linking files (checkpoints can be large)."""
-
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    if src.is_dir():
-        shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True, symlinks=True)
 
 
 def main(argv: list[str] | None = None) -> int:
