@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,40 @@ def test_install_then_cache_hit(client, home, index):
     assert events[0].data["cached"] is True
     assert events[0].data["seconds"] < 0.5
     assert _entries(home) == [env_path.name]
+
+
+def test_a_package_environment_has_its_own_warm_process(client, home, index, monkeypatch):
+    """Issue 16: a cached package environment gets a warm process of its own Python; the next job
+    of that environment forks from it and imports the job's package from the environment."""
+    from trainjob.backends.local.warm import client as warm_client, common as warm_common
+
+    monkeypatch.setenv(warm_common.ENABLE_ENV, "1")
+    trainer = CustomTrainer(func=jobs.use_package, func_args={"module": "tjpkg_a"}, packages_to_install=["tjpkg-a==1.0"], pip_index_urls=[index["main"]])
+    try:
+        first = client.train(trainer)
+        client.wait_for_job_completion(first, timeout=180)
+        env_prefix = client.get_job_result(first).return_value["prefix"]
+        (cold,) = [e for e in client.get_job_events(first) if e.reason in ("WarmStart", "ColdStart")]
+        assert cold.reason == "ColdStart" and "a warm process for this environment is starting" in cold.message, cold.message
+
+        def env_server():
+            return next((i for i in warm_client.list_servers(home) if i.venv and Path(i.venv) == Path(env_prefix)), None)
+
+        deadline = time.monotonic() + 180
+        while (info := env_server()) is None or info.state != "ready":
+            assert time.monotonic() < deadline, f"the environment's warm process never became ready: {info}"
+            assert info is None or info.state in ("starting", "ready"), info
+            time.sleep(0.2)
+        assert Path(info.python).is_relative_to(env_prefix)  # the environment's own interpreter
+
+        second = client.train(trainer)
+        client.wait_for_job_completion(second, timeout=120)
+        value = client.get_job_result(second).return_value
+        assert value["value"] == "a1" and value["prefix"] == env_prefix and Path(value["file"]).is_relative_to(env_prefix)
+        (warm,) = [e for e in client.get_job_events(second) if e.reason in ("WarmStart", "ColdStart")]
+        assert warm.reason == "WarmStart" and warm.data["warm_pid"] == info.pid, warm.message
+    finally:
+        warm_client.stop_servers(home, wait=15)
 
 
 def test_extra_index_and_a_newer_version_of_a_package(client, home, index):
