@@ -8,7 +8,7 @@ import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 from trainjob.backends import Backend, create_backend
-from trainjob.backends.base import JobExtras
+from trainjob.backends.base import JobExtras, JobQuery
 from trainjob.config import LocalBackendConfig
 from trainjob.errors import JobFailedError, JobStateError, JobTimeoutError, Problem, ValidationError
 from trainjob import initializers
@@ -120,18 +120,49 @@ class TrainerClient:
         *,
         status: str | JobStatus | Iterable[str | JobStatus] | None = None,
         labels: dict[str, str] | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
     ) -> list[TrainJob]:
-        """Every job, oldest first. Kubeflow's ``runtime`` filter, and trainjob's: ``status`` (one
-        status or several), ``labels`` (jobs carrying every one of these labels)."""
+        """Jobs, oldest first: every one by default (Kubeflow's ``list_jobs()``), or a page of them.
+
+        Filters: Kubeflow's ``runtime``, and trainjob's ``status`` (one status or several),
+        ``labels`` (jobs carrying every one of these labels), ``name`` (a glob pattern such as
+        ``"sweep-*"``, or an exact name). Paging: ``offset`` jobs skipped, then at most ``limit``;
+        ``newest_first=True`` turns the order around (``limit=50, newest_first=True``: the newest 50).
+        On the local backend the filters, order and page are done by the store's indexes.
+        """
+        query = self._job_query(runtime, status, labels, name, limit, offset, newest_first)
+        return self.backend.query_jobs(query)
+
+    def count_jobs(
+        self,
+        runtime: Runtime | str | None = None,
+        *,
+        status: str | JobStatus | Iterable[str | JobStatus] | None = None,
+        labels: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> int:
+        """How many jobs ``list_jobs`` with these filters returns (without a ``limit``)."""
+        query = self._job_query(runtime, status, labels, name, None, 0, False)
+        count = getattr(self.backend, "count_jobs", None)
+        return count(query) if count is not None else len(self.backend.query_jobs(query))
+
+    def _job_query(self, runtime: Any, status: Any, labels: Any, name: Any, limit: Any, offset: Any, newest_first: bool) -> JobQuery:
+        problems = []
         if labels is not None and (not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
-            raise ValidationError([Problem("labels", labels, 'a dict of str to str, e.g. {"team": "nlp"}')], "list_jobs()")
-        jobs = self.backend.list_jobs(_status_set(status))
-        if runtime is not None:
-            wanted = runtime.name if isinstance(runtime, Runtime) else runtime
-            jobs = [j for j in jobs if j.runtime is None or j.runtime.name == wanted]
-        if labels:
-            jobs = [j for j in jobs if all(j.labels.get(k) == v for k, v in labels.items())]
-        return jobs
+            problems.append(Problem("labels", labels, 'a dict of str to str, e.g. {"team": "nlp"}'))
+        if name is not None and (not isinstance(name, str) or not name):
+            problems.append(Problem("name", name, 'a job name, or a glob pattern such as "sweep-*"'))
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            problems.append(Problem("limit", limit, "None (every job) or an integer >= 0"))
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            problems.append(Problem("offset", offset, "an integer >= 0"))
+        if problems:
+            raise ValidationError(problems, "list_jobs()")
+        wanted = runtime.name if isinstance(runtime, Runtime) else runtime
+        return JobQuery(status=_status_set(status), labels=labels or None, name=name, runtime=wanted, newest_first=bool(newest_first), limit=limit, offset=offset)
 
     def get_job(self, name: str) -> TrainJob:
         return self.backend.get_job(name)
@@ -158,9 +189,49 @@ class TrainerClient:
         """Live progress (DESIGN.md section 3); None before the first step or without tracking."""
         return self.backend.get_job_progress(name)
 
-    def get_job_metrics(self, name: str) -> list[dict[str, Any]]:
-        """Every entry the job's Trainers logged, in order, each with ``step``, ``time``, ``attempt``."""
-        return self.backend.get_job_metrics(name)
+    def get_job_metrics(self, name: str, after: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The entries the job's Trainers logged, in order, each with ``step``, ``time``, ``attempt``.
+
+        Every entry by default. ``after``: skip the first ``after`` entries (a poller passes the
+        number it already has, and gets only new ones); ``limit``: at most this many. For long
+        histories see ``iter_job_metrics``.
+        """
+        problems = [Problem(k, v, "None or an integer >= 0") for k, v in (("after", after), ("limit", limit)) if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0)]
+        if problems:
+            raise ValidationError(problems, "get_job_metrics()")
+        if after is None and limit is None:
+            return self.backend.get_job_metrics(name)
+        return self.backend.read_job_metrics(name, after or 0, limit)
+
+    def iter_job_metrics(self, name: str, after: int = 0, batch: int = 10_000) -> Iterator[dict[str, Any]]:
+        """Every logged entry from position ``after`` on, read ``batch`` at a time: a million-entry
+        history streams in bounded memory. Entries logged while iterating are included."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValidationError([Problem("batch", batch, "an integer >= 1")], "iter_job_metrics()")
+        while True:
+            entries = self.get_job_metrics(name, after=after, limit=batch)
+            yield from entries
+            if len(entries) < batch:
+                return
+            after += len(entries)
+
+    def count_job_metrics(self, name: str) -> int:
+        """How many entries the job has logged (without reading them)."""
+        return self.backend.count_job_metrics(name)
+
+    def get_job_metrics_series(self, name: str, start: int = 0, stop: int | None = None, points: int = 2000) -> dict[str, Any]:
+        """The history of entries ``start`` to ``stop`` (positions; None: to the end) as chart
+        series of at most about ``points`` points each: every point when they fit, else each
+        series' lowest and highest point per bucket, so extremes always show. Returns
+        ``{"series": {key: [[step, value, attempt, position], ...]}, "restarts": [...], "start",
+        "stop", "count", "downsampled"}``. What the dashboard draws; cheap on any history length
+        on the local backend."""
+        problems = [Problem(k, v, "an integer >= 0") for k, v in (("start", start), ("points", points)) if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+        if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 0):
+            problems.append(Problem("stop", stop, "None or an integer >= 0"))
+        if problems:
+            raise ValidationError(problems, "get_job_metrics_series()")
+        return self.backend.job_metrics_series(name, start, stop, max(2, points))
 
     def get_job_result(self, name: str) -> Result:
         return self.backend.get_job_result(name)

@@ -27,6 +27,34 @@ class JobExtras:
     initializers: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs a listing wants, in which order, which page (``TrainerClient.list_jobs``).
+
+    ``name``: a glob pattern (``sweep-*``) or an exact name; ``labels``: every one must match;
+    ``runtime``: a runtime's name. Order: by creation time (then name), oldest first unless
+    ``newest_first``; ``offset`` jobs are skipped, then at most ``limit`` (None: all) returned.
+    """
+
+    status: set[JobStatus] | None = None
+    labels: dict[str, str] | None = None
+    name: str | None = None
+    runtime: str | None = None
+    newest_first: bool = False
+    limit: int | None = None
+    offset: int = 0
+
+    def matches(self, job: TrainJob) -> bool:
+        """Whether ``job`` passes the filters (status aside): what a backend checks in memory."""
+        from fnmatch import fnmatchcase
+
+        if self.runtime is not None and job.runtime is not None and job.runtime.name != self.runtime:
+            return False
+        if self.labels and not all(job.labels.get(k) == v for k, v in self.labels.items()):
+            return False
+        return self.name is None or fnmatchcase(job.name, self.name)
+
+
 class Backend(ABC):
     """Where jobs run. Implementations must be safe to use from several client processes at once."""
 
@@ -54,6 +82,18 @@ class Backend(ABC):
 
     @abstractmethod
     def list_jobs(self, status: set[JobStatus] | None = None) -> list[TrainJob]: ...
+
+    def query_jobs(self, query: JobQuery) -> list[TrainJob]:
+        """The jobs ``query`` selects, in its order and page.
+
+        This default filters and pages ``list_jobs`` in memory; a backend with an indexed store
+        (the local one) overrides it to do the work there, so a page costs what it shows.
+        """
+        jobs = self.list_jobs(query.status)
+        jobs = [j for j in jobs if query.matches(j)]
+        if query.newest_first:
+            jobs.reverse()
+        return jobs[query.offset :] if query.limit is None else jobs[query.offset : query.offset + query.limit]
 
     @abstractmethod
     def get_job(self, job_id: str) -> TrainJob:
@@ -89,6 +129,20 @@ class Backend(ABC):
 
     @abstractmethod
     def get_job_metrics(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    def read_job_metrics(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The entries from position ``after`` on, at most ``limit`` (default: slices ``get_job_metrics``)."""
+        entries = self.get_job_metrics(job_id)
+        return entries[after:] if limit is None else entries[after : after + limit]
+
+    def count_job_metrics(self, job_id: str) -> int:
+        return len(self.get_job_metrics(job_id))
+
+    def job_metrics_series(self, job_id: str, start: int = 0, stop: int | None = None, points: int = 2000) -> dict[str, Any]:
+        """A chart's view of the history (``trainjob.store.history.series``); default: over ``get_job_metrics``."""
+        from trainjob.store.history import downsample
+
+        return downsample(self.get_job_metrics(job_id), start, stop, points)
 
     @abstractmethod
     def get_job_result(self, job_id: str) -> Result: ...

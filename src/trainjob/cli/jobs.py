@@ -14,29 +14,41 @@ from trainjob.cli.records import event_record, job_record, result_record, runtim
 from trainjob.cli.render import events_table, job_detail, jobs_table, metrics_table, progress_line, result_view, runtimes_table
 
 
+LS_DEFAULT_LIMIT = 50
+
+
 def ls(
     status: Annotated[Optional[list[str]], typer.Option("--status", "-s", help="Only jobs in this status (repeatable or comma-separated): Created, Queued, Running, Complete, Failed, Stopped.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only job ids, one per line.")] = False,
     label: Annotated[Optional[list[str]], typer.Option("--label", "-l", help="Only jobs with this label KEY=VALUE (repeatable: every one must match).", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Only jobs whose name matches this glob pattern (e.g. 'sweep-*'), or this exact name.", show_default=False)] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Show the newest N jobs.", min=0)] = LS_DEFAULT_LIMIT,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Show every job, not only the newest.")] = False,
     output: OutputOpt = Output.table,
 ) -> None:
-    """List jobs, oldest first, with status, progress, ETA, age and labels."""
+    """List the newest jobs (50 unless --limit N or --all), oldest of them first, with status, progress, ETA, age and labels."""
     c = common.client()
     labels, problems = common.parse_pairs(label, "--label", "team=nlp")
     if problems:
         raise CliExit(EXIT_USAGE, "error: " + "; ".join(str(p) for p in problems))
-    jobs = c.list_jobs(status=common.status_filter(status), labels=labels or None)
+    filters = {"status": common.status_filter(status), "labels": labels or None, "name": name}
+    shown = None if all_ else limit
+    jobs = c.list_jobs(**filters, limit=shown, newest_first=True)
+    jobs.reverse()  # the newest last, next to the prompt
+    more = 0
+    if shown is not None and len(jobs) == shown:
+        more = c.count_jobs(**filters) - shown
     if quiet:
         for j in jobs:
             out.print(j.id)
-        return
-    records = [job_record(j, c.get_job_progress(j.id)) for j in jobs]
-    if output is Output.json:
-        common.dump(records)
-    elif not records:
-        err.print("no jobs" + (" with that status or label" if status or label else "; start one with: trainjob demo"))
+    elif output is Output.json:
+        common.dump([job_record(j, c.get_job_progress(j.id)) for j in jobs])
+    elif not jobs:
+        err.print("no jobs" + (" with that status, label or name" if status or label or name else "; start one with: trainjob demo"))
     else:
-        out.print(jobs_table(records))
+        out.print(jobs_table([job_record(j, c.get_job_progress(j.id)) for j in jobs]))
+    if more > 0 and output is not Output.json:
+        err.print(f"{more} older job{'s' if more != 1 else ''} not shown (--all, or --limit N)")
 
 
 def status(job: JobIdArg, output: OutputOpt = Output.table) -> None:

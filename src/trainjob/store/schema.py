@@ -2,10 +2,38 @@
 
 Each entry of ``MIGRATIONS`` takes the database from version ``i`` to ``i + 1``; a database made by
 an older trainjob is upgraded in place when it is opened, and one made by a newer trainjob is
-refused rather than misread.
+refused rather than misread. An entry is SQL (statements separated by ``;``) or, where data must
+be reshaped, a function of the open connection; both run inside the migration's one transaction.
 """
 
-MIGRATIONS: list[str] = [
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Callable, Union
+
+from trainjob.store import history
+
+
+def _metrics_into_chunks(conn: sqlite3.Connection) -> None:
+    """5 -> 6: the metrics history moves from one row per entry to chunks of ``history.CHUNK``
+    entries (``metric_chunks``): a read of 100,000 entries decodes 391 JSON arrays, not 100,000
+    objects, and each full chunk carries the extremes of every series for downsampled views."""
+    conn.execute(history.CREATE_TABLE)
+    conn.execute(history.CREATE_INDEX)
+    job, pending = None, []
+    for job_id, attempt, data in conn.execute("SELECT job_id, attempt, data FROM metrics ORDER BY job_id, id"):
+        if job_id != job:
+            history.append(conn, job, pending)
+            job, pending = job_id, []
+        entry = json.loads(data)
+        entry.setdefault("attempt", attempt)
+        pending.append(entry)
+    history.append(conn, job, pending)
+    conn.execute("DROP TABLE metrics")
+
+
+MIGRATIONS: list[Union[str, Callable[[sqlite3.Connection], None]]] = [
     # 0 -> 1
     """
     CREATE TABLE jobs (
@@ -81,6 +109,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN annotations TEXT;
     UPDATE jobs SET annotations = json_object('trainjob/former-name', name), name = id WHERE name <> id
     """,
+    # 4 -> 5: listings ordered and filtered in SQL (issue 17): (status, created_at, id) serves
+    # `ls --status`, (created_at, id) the unfiltered newest-first and oldest-first pages.
+    """
+    DROP INDEX jobs_status;
+    DROP INDEX jobs_created;
+    CREATE INDEX jobs_status_created ON jobs(status, created_at, id);
+    CREATE INDEX jobs_created_id ON jobs(created_at, id)
+    """,
+    # 5 -> 6: the metrics history in chunks (see _metrics_into_chunks)
+    _metrics_into_chunks,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

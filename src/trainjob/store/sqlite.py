@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from trainjob import contract, filesystems
 from trainjob.errors import StoreError
+from trainjob.store import history
 from trainjob.store.schema import MIGRATIONS, SCHEMA_VERSION
 from trainjob.types import JobStatus
 
@@ -42,6 +43,15 @@ log = logging.getLogger(__name__)
 
 _JSON_COLUMNS = ("spec", "error", "result", "progress", "steps", "resources", "extra", "labels", "annotations")
 _TERMINAL_VALUES = tuple(s.value for s in JobStatus if s.is_terminal)
+# What a listing reads: no error, result, resources or progress, and the spec only as text (the
+# caller parses it if it is asked for), plus the two things a job's steps need from it.
+_BRIEF_COLUMNS = (
+    "id, name, backend, status, created_at, started_at, finished_at, attempt, num_nodes, procs_per_node, message, "
+    "supervisor_pid, supervisor_start, supervisor_host, steps, queue_position, extra, labels, annotations, "
+    "spec AS spec_text, json_extract(spec, '$.resources.gpu') AS spec_gpu, json_extract(spec, '$.initializers') AS spec_initializers"
+)
+_BRIEF_JSON = ("steps", "extra", "labels", "annotations")
+_LISTING_ONLY = ("spec_text", "spec_gpu", "spec_initializers")  # JobRow fields that are no columns
 
 LOCK_PATIENCE = 600.0  # seconds a call keeps retrying a locked database before it gives up
 BUSY_SLICE_MS = 2000  # SQLite's own wait per try (its busy handler); the retry loop spans the rest
@@ -67,7 +77,7 @@ class JobRow:
     created_at: float
     num_nodes: int
     procs_per_node: int
-    spec: dict[str, Any]
+    spec: dict[str, Any] | None  # None in a listing's row: see spec_text
     started_at: float | None = None
     finished_at: float | None = None
     attempt: int = 0
@@ -85,6 +95,17 @@ class JobRow:
     extra: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] | None = None  # options=[Labels(...)]
     annotations: dict[str, str] | None = None  # options=[Annotations(...)]
+    # A listing's row (``Store.list_jobs(brief=True)``): ``spec`` is None, its JSON text is here
+    # (parsed only if someone asks), with the two fields a job's steps need.
+    spec_text: str | None = field(default=None, repr=False)
+    spec_gpu: Any = None
+    spec_initializers: list[dict[str, Any]] | None = None
+
+    def full_spec(self) -> dict[str, Any]:
+        """The spec, parsing the text a listing left unparsed."""
+        if self.spec is None:
+            self.spec = json.loads(self.spec_text) if self.spec_text else {}
+        return self.spec
 
 
 class Database:
@@ -190,6 +211,9 @@ class Database:
         try:
             if not existed:
                 os.chmod(self.path, 0o600)
+                # Pages freed by prune go back to the file system on `PRAGMA incremental_vacuum`
+                # (set before the first table; a store made earlier is converted by one VACUUM).
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_SLICE_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -216,7 +240,11 @@ class Database:
         # Re-read inside the write lock: another process may have migrated meanwhile.
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for i in range(version, SCHEMA_VERSION):
-            for stmt in filter(str.strip, MIGRATIONS[i].split(";")):
+            step = MIGRATIONS[i]
+            if callable(step):
+                step(conn)
+                continue
+            for stmt in filter(str.strip, step.split(";")):
                 conn.execute(stmt)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -303,23 +331,60 @@ class Store:
 
     # ---- jobs --------------------------------------------------------------------------
     def insert_job(self, row: JobRow) -> None:
-        values = _encode(row.__dict__)
-        cols = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        self.db.call(lambda c: c.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", list(values.values())), "insert job")
+        self.insert_jobs([row])
+
+    def insert_jobs(self, rows: Iterable[JobRow]) -> None:
+        """Insert rows in one transaction (all or none): imports, tests and benchmarks."""
+        by_cols: dict[tuple[str, ...], list[list[Any]]] = {}
+        for row in rows:
+            values = _encode({k: v for k, v in row.__dict__.items() if k not in _LISTING_ONLY})
+            by_cols.setdefault(tuple(values), []).append(list(values.values()))
+
+        def run(c: sqlite3.Connection) -> None:
+            for cols, batch in by_cols.items():
+                c.executemany(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", batch)
+
+        self.db.transaction(run, "insert job")
 
     def get_job(self, job_id: str) -> JobRow | None:
         r = self.db.call(lambda c: c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), "read job")
         return _decode(r) if r else None
 
-    def list_jobs(self, statuses: Iterable[JobStatus] | None = None) -> list[JobRow]:
-        q, args = "SELECT * FROM jobs", []
-        if statuses is not None:
-            st = [JobStatus.parse(s).value for s in statuses]
-            q += f" WHERE status IN ({', '.join('?' for _ in st)})"
-            args = st
-        rows = self.db.call(lambda c: c.execute(q + " ORDER BY created_at, id", args).fetchall(), "list jobs")
-        return [_decode(r) for r in rows]
+    def has_job(self, job_id: str) -> bool:
+        return self.db.call(lambda c: c.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone(), "read job") is not None
+
+    def list_jobs(
+        self,
+        statuses: Iterable[JobStatus] | None = None,
+        *,
+        labels: dict[str, str] | None = None,
+        name: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+        brief: bool = False,
+    ) -> list[JobRow]:
+        """Jobs, filtered and ordered in SQL (by creation time, then id), ``offset`` skipped, at most ``limit``.
+
+        ``labels``: jobs carrying every one of these labels; ``name``: a glob pattern
+        (``sweep-*``) or an exact name. ``brief``: the rows of a listing (see ``_BRIEF_COLUMNS``):
+        ``spec`` left as text, no error, result, resources or progress.
+        """
+        where, args = _job_filter(statuses, labels, name)
+        order = "DESC" if newest_first else "ASC"
+        q = f"SELECT {_BRIEF_COLUMNS if brief else '*'} FROM jobs{where} ORDER BY created_at {order}, id {order}"
+        if limit is not None or offset:
+            q += " LIMIT ? OFFSET ?"
+            args += [-1 if limit is None else max(0, int(limit)), max(0, int(offset))]
+        if brief:
+            # The parsed JSON values are shared between the rows of one listing: read them, don't change them.
+            return self.db.call(lambda c: _brief_rows(c, q, args), "list jobs")
+        return [_decode(r) for r in self.db.call(lambda c: c.execute(q, args).fetchall(), "list jobs")]
+
+    def count_jobs(self, statuses: Iterable[JobStatus] | None = None, *, labels: dict[str, str] | None = None, name: str | None = None) -> int:
+        """How many jobs ``list_jobs`` with these filters returns without a limit."""
+        where, args = _job_filter(statuses, labels, name)
+        return self.db.call(lambda c: c.execute(f"SELECT COUNT(*) FROM jobs{where}", args).fetchone()[0], "count jobs")
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Set columns of a job (no status rules: use ``transition`` to change status)."""
@@ -353,7 +418,7 @@ class Store:
     def delete_job(self, job_id: str) -> bool:
         def run(c: sqlite3.Connection) -> int:
             c.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
-            c.execute("DELETE FROM metrics WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM metric_chunks WHERE job_id = ?", (job_id,))
             return c.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
 
         return self.db.transaction(run, "delete job") == 1
@@ -388,7 +453,7 @@ class Store:
         logged entries, events (dicts with ``reason``, ``message``, optional ``data`` and ``time``)
         and, if given, the newest progress. The local collector calls it a few times a second."""
         now = time.time()
-        metric_rows = [(job_id, attempt, e.get("step"), e.get("time") or now, json.dumps(e, default=str)) for e in metrics]
+        metric_rows = [e if "attempt" in e else {**e, "attempt": attempt} for e in metrics]
         event_rows = [(job_id, e.get("time") or now, e["reason"], e["message"], json.dumps(e.get("data") or {}, default=str)) for e in events]
         job_values = _encode({"progress": progress, "progress_at": progress_at}) if progress is not None else None
         if not (metric_rows or event_rows or job_values):
@@ -396,7 +461,7 @@ class Store:
 
         def run(c: sqlite3.Connection) -> None:
             if metric_rows:
-                c.executemany("INSERT INTO metrics (job_id, attempt, step, time, data) VALUES (?, ?, ?, ?, ?)", metric_rows)
+                history.append(c, job_id, metric_rows)
             if event_rows:
                 c.executemany("INSERT INTO events (job_id, time, reason, message, data) VALUES (?, ?, ?, ?, ?)", event_rows)
             if job_values:
@@ -404,17 +469,41 @@ class Store:
 
         self.db.transaction(run, "add reports")
 
-    def metrics(self, job_id: str, after_id: int = 0) -> list[dict[str, Any]]:
-        rows = self.db.call(
-            lambda c: c.execute("SELECT id, attempt, data FROM metrics WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)).fetchall(),
-            "read metrics",
-        )
-        out = []
-        for r in rows:
-            d = json.loads(r["data"])
-            d.setdefault("attempt", r["attempt"])
-            out.append(d)
-        return out
+    def metrics(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The job's logged entries from position ``after`` on (0: the first), at most ``limit``, in order."""
+        stop = None if limit is None else after + max(0, limit)
+        return self.db.call(lambda c: history.read(c, job_id, after, stop), "read metrics")
+
+    def metrics_tail(self, job_id: str, n: int) -> tuple[int, list[dict[str, Any]]]:
+        """The last ``n`` entries, and the position of the first of them."""
+
+        def run(c: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
+            start = max(0, history.count(c, job_id) - max(0, n))
+            return start, history.read(c, job_id, start)
+
+        return self.db.call(run, "read metrics")
+
+    def metrics_count(self, job_id: str) -> int:
+        return self.db.call(lambda c: history.count(c, job_id), "count metrics")
+
+    def metrics_series(self, job_id: str, start: int = 0, stop: int | None = None, points: int = history.DEFAULT_POINTS) -> dict[str, Any]:
+        """A chart's view of the history (``history.series``): at most about ``points`` points per series."""
+        return self.db.call(lambda c: history.series(c, job_id, start, stop, points), "read metrics")
+
+
+def _job_filter(statuses: Iterable[JobStatus] | None, labels: dict[str, str] | None, name: str | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if statuses is not None:
+        st = [JobStatus.parse(s).value for s in statuses]
+        clauses.append(f"status IN ({', '.join('?' for _ in st)})")
+        args += st
+    for key, value in (labels or {}).items():
+        clauses.append("json_extract(labels, ?) = ?")
+        args += ['$."' + str(key).replace("\\", "\\\\").replace('"', '\\"') + '"', str(value)]
+    if name is not None:
+        clauses.append("name GLOB ?" if any(ch in name for ch in "*?[") else "name = ?")
+        args.append(name)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, Any]:
@@ -425,6 +514,37 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(v, JobStatus):
             v = v.value
         out[k] = v
+    return out
+
+
+_STATUS_OF = {s.value: s for s in JobStatus}
+_ROW_DEFAULTS = {f: None for f in JobRow.__dataclass_fields__}
+
+
+def _brief_rows(c: sqlite3.Connection, q: str, args: list[Any]) -> list[JobRow]:
+    """A listing's rows, built for speed (10,000 in a few ms): plain tuples, and each distinct
+    JSON text (steps, labels... repeat across jobs) parsed once per listing."""
+    cur = c.cursor()
+    cur.row_factory = None
+    cur.execute(q, args)
+    names = [d[0] for d in cur.description]
+    json_at = [i for i, n in enumerate(names) if n in _BRIEF_JSON or n == "spec_initializers"]
+    parsed: dict[str | None, Any] = {None: None}
+    out = []
+    for values in cur.fetchall():
+        values = list(values)
+        for i in json_at:
+            text = values[i]
+            if text not in parsed:
+                parsed[text] = json.loads(text)
+            values[i] = parsed[text]
+        d = dict(_ROW_DEFAULTS)
+        d.update(zip(names, values))
+        d["status"] = _STATUS_OF[d["status"]]
+        d["extra"] = d["extra"] or {}
+        row = object.__new__(JobRow)  # the fields are all set here: skip the dataclass __init__
+        row.__dict__.update(d)
+        out.append(row)
     return out
 
 

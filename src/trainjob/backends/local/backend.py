@@ -23,8 +23,9 @@ from trainjob import contract
 from trainjob.backends.base import Backend, JobExtras, JobQuery
 from trainjob.backends.local import logs, procs
 from trainjob.backends.local.jobdir import JobDir
-from trainjob.backends.records import build_result, load_return_value, utc
+from trainjob.backends.records import build_result, utc
 from trainjob.config import LocalBackendConfig, bind_host_problem, warm_config_problems
+from trainjob.core.records import load_return_value
 from trainjob.core.resume import carry_workdir
 from trainjob.errors import JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
 from trainjob.masking import mask_spec
@@ -328,7 +329,7 @@ class LocalBackend(Backend):
         steps = [
             Step(
                 name=s["name"],
-                status=JobStatus.parse(s.get("status", row.status.value)),
+                status=_STATUS_OF.get(s.get("status")) or row.status,
                 device=s.get("device", device),
                 device_count=int(s.get("device_count", row.procs_per_node)),
                 pids=(s["pid"],) if s.get("pid") else (),
@@ -353,19 +354,21 @@ class LocalBackend(Backend):
             "steps": steps,
             "message": row.message,
             "queue_position": row.queue_position,
-            "job_dir": JobDir.for_job(self.home, row.id).root,
             "runtime": self._runtime(),
             "labels": dict(row.labels or {}),
             "annotations": dict(row.annotations or {}),
         }
         # Stored masked; masked again (when read) for records written before the rules grew.
-        return StoredJob.make(fields, row.spec if row.spec is not None else row.spec_text)
+        return StoredJob.make(fields, row.spec if row.spec is not None else row.spec_text, self.home)
 
     def _runtime(self):
         """This machine's runtime, detected once per backend (every job runs on it)."""
         if self._local_runtime is None:
             self._local_runtime = self.list_runtimes()[0]
         return self._local_runtime
+
+
+_STATUS_OF = {s.value: s for s in JobStatus}
 
 
 class StoredJob(TrainJob):
@@ -376,11 +379,23 @@ class StoredJob(TrainJob):
     """
 
     @classmethod
-    def make(cls, fields: dict[str, Any], spec: dict[str, Any] | str | None) -> StoredJob:
-        job = object.__new__(cls)  # as dataclasses' own copy does: no per-field frozen __setattr__
+    def make(cls, fields: dict[str, Any], spec: dict[str, Any] | str | None, home: Path) -> StoredJob:
+        job = object.__new__(cls)  # every field set here, as dataclasses' own copy does: no per-field frozen __setattr__
         job.__dict__.update(fields)
         job.__dict__["_spec_source"] = spec
+        job.__dict__["_home"] = home
         return job
+
+    def _get_job_dir(self) -> Path | None:
+        d = self.__dict__
+        if "_job_dir" not in d:
+            d["_job_dir"] = JobDir.for_job(d.pop("_home"), self.id).root
+        return d["_job_dir"]
+
+    def _set_job_dir(self, value: Path | None) -> None:
+        self.__dict__["_job_dir"] = value
+
+    job_dir = property(_get_job_dir, _set_job_dir)  # type: ignore[assignment]
 
     def _get_spec(self) -> dict[str, Any]:
         d = self.__dict__
