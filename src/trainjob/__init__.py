@@ -26,6 +26,7 @@ from trainjob.initializers import (
     S3DatasetInitializer,
     S3ModelInitializer,
 )
+from trainjob.optimizer import OptimizerClient, TrainJobTemplate  # HPO (kubeflow.optimizer; the rest in trainjob.optimizer)
 from trainjob.trainers import BuiltinTrainer, CustomTrainer, CustomTrainerContainer, TransformersTrainer
 from trainjob.types import Event, JobStatus, Result, Runtime, RuntimeKind, RuntimeTrainer, Step, TrainerType, TrainJob
 
@@ -48,6 +49,7 @@ __all__ = [
     "JobTimeoutError",
     "LocalBackendConfig",
     "MODEL_PATH",
+    "OptimizerClient",
     "Problem",
     "RayBackendConfig",
     "ResourcesUnavailableError",
@@ -61,6 +63,7 @@ __all__ = [
     "Step",
     "TrainJob",
     "TrainJobError",
+    "TrainJobTemplate",
     "TrainerClient",
     "TrainerType",
     "TransformersTrainer",
