@@ -18,6 +18,8 @@ def test_public_names_are_pinned():
         "CustomTrainerContainer", "BuiltinTrainer", "Runtime", "RuntimeTrainer", "RuntimeKind", "TrainerType",
         "Initializer", "HuggingFaceModelInitializer", "HuggingFaceDatasetInitializer", "S3ModelInitializer",
         "S3DatasetInitializer", "MODEL_PATH", "DATASET_PATH",
+        # hyperparameter optimization (issue 14; the rest lives in trainjob.optimizer)
+        "OptimizerClient", "TrainJobTemplate",
     ])  # fmt: skip
     for name in trainjob.__all__:
         assert getattr(trainjob, name) is not None
