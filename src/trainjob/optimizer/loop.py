@@ -79,6 +79,7 @@ class Loop:
             study_name=name, storage=self.storage, sampler=spec.sampler(self.template["algorithm"], n), pruner=spec.pruner(self.template["early_stopping"])
         )
         self.ending: tuple[OptimizationStatus, str] | None = None
+        self.entries: dict[str, list[dict[str, Any]]] = {}  # each watched job's metrics history, read incrementally
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -179,7 +180,8 @@ class Loop:
         name = t.user_attrs["job"]
         try:
             job = self.client.get_job(name)
-            entries = self.client.get_job_metrics(name)
+            entries = self.entries.setdefault(name, [])
+            entries.extend(self.client.get_job_metrics(name, after=len(entries)))
         except JobNotFoundError:
             self._end_trial(t, TrialStatus.FAILED, error={"type": "JobDeleted", "message": f"the trial's job {name} was deleted"})
             return
