@@ -174,7 +174,7 @@ def test_token_is_checked_on_every_request(home):
         cookie = headers["set-cookie"]
         assert cookie.startswith(f"trainjob_token={token}") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
         status, _, body = d.request("GET", "/api/jobs", {"Cookie": cookie.split(";")[0]})
-        assert status == 200 and json.loads(body) == {"jobs": []}
+        assert status == 200 and json.loads(body)["jobs"] == []
         # The token does not replace the cross-site protection of actions.
         assert d.request("POST", "/api/jobs/abcdefghijkl/stop", {"Authorization": f"Bearer {token}"})[0] == 403
     finally:
@@ -195,9 +195,9 @@ def test_api_serves_a_finished_job(client, dashboard):
 
     jobs = d.get_json("/api/jobs")["jobs"]
     assert [j["id"] for j in jobs] == [job_id] and jobs[0]["name"] == "api-job" and jobs[0]["labels"] == {"team": "nlp"}
-    assert d.get_json("/api/jobs?status=Running") == {"jobs": []}
+    assert d.get_json("/api/jobs?status=Running") == {"jobs": [], "total": 0, "counts": {"Complete": 1}}
     assert [j["name"] for j in d.get_json("/api/jobs?label=team=nlp")["jobs"]] == ["api-job"]
-    assert d.get_json("/api/jobs?label=team=cv") == {"jobs": []}
+    assert d.get_json("/api/jobs?label=team=cv")["jobs"] == []
     job = d.get_json(f"/api/jobs/{job_id}")
     assert job["status"] == "Complete" and job["progress"]["currentStep"] == 30 and job["progress"]["progressPercentage"] == 100
     assert d.get_json(f"/api/jobs/{job_id}/progress")["totalSteps"] == 30
@@ -425,3 +425,106 @@ def test_chart_component_axes_restarts_and_hover(dashboard, tmp_path):
     # The y-axis title does not overlap the tick labels.
     assert max(len(t) for t in info["narrowTicks"]) >= 7, info["narrowTicks"]  # e.g. "4.95e-4"
     assert info["yTitleRight"] <= info["tickLeft"], info
+
+
+# ---- scale: pages of jobs, a history read incrementally and drawn downsampled (issue 17) ------
+def _stock(home: Path, jobs: int, entries: int, running: str | None = None) -> None:
+    """Rows straight into the store: ended jobs job-0000..., and ``entries`` logged by job-0000
+    (a loss with a spike and a dip); ``running``: one more job, Running under this (live) process."""
+    import math
+    import time
+
+    from trainjob.backends.local import procs
+    from trainjob.store import JobRow, Store
+    from trainjob.types import JobStatus
+
+    store = Store(home / "trainjob.db")
+    rows = [JobRow(id=f"job-{i:04d}", name=f"job-{i:04d}", backend="local", status=JobStatus.FAILED if i % 5 == 0 else JobStatus.COMPLETE,
+                   created_at=1.8e9 + i, num_nodes=1, procs_per_node=1, spec={}) for i in range(jobs)]  # fmt: skip
+    if running:
+        me = os.getpid()
+        rows.append(JobRow(id=running, name=running, backend="local", status=JobStatus.RUNNING, created_at=time.time(), num_nodes=1, procs_per_node=1,
+                           spec={}, supervisor_pid=me, supervisor_start=procs.start_time(me), supervisor_host=procs.this_host()))  # fmt: skip
+    store.insert_jobs(rows)
+    history = [{"step": i + 1, "loss": 2 + math.sin(i / 3000), "learning_rate": 1e-4, "attempt": 0} for i in range(entries)]
+    if entries:
+        history[entries // 3]["loss"], history[2 * entries // 3]["loss"] = 9.0, -4.0
+    store.add_metrics(running or "job-0000", 0, history)
+
+
+def test_api_pages_jobs_and_reads_history_by_position(home, dashboard):
+    d = dashboard
+    _stock(home, 250, 5000)
+    page = d.get_json("/api/jobs?newest=1&limit=100&offset=100")
+    assert [j["name"] for j in page["jobs"]] == [f"job-{i:04d}" for i in range(149, 49, -1)]
+    assert page["total"] == 250 and page["counts"] == {"Complete": 200, "Failed": 50}
+    failed = d.get_json("/api/jobs?status=Failed&limit=3")
+    assert [j["name"] for j in failed["jobs"]] == ["job-0000", "job-0005", "job-0010"] and failed["total"] == 50
+    assert [j["name"] for j in d.get_json("/api/jobs?name=job-024*")["jobs"]] == [f"job-{i:04d}" for i in range(240, 250)]
+    assert len(d.get_json("/api/jobs")["jobs"]) == 250  # no limit: every job, as before
+
+    m = d.get_json("/api/jobs/job-0000/metrics?after=4990&limit=5")
+    assert [e["step"] for e in m["entries"]] == [4991, 4992, 4993, 4994, 4995] and m["next"] == 4995
+    assert d.get_json("/api/jobs/job-0000/metrics?after=5000") == {"entries": [], "next": 5000}
+    assert d.get_json("/api/jobs/job-0001/metrics") == {"entries": [], "next": 0}
+    view = d.get_json("/api/jobs/job-0000/series?points=200")
+    loss = view["series"]["loss"]
+    assert view["downsampled"] and view["count"] == 5000 and len(loss) <= 200
+    assert max(p[1] for p in loss) == 9.0 and min(p[1] for p in loss) == -4.0  # the extremes survive
+    zoom = d.get_json("/api/jobs/job-0000/series?start=1000&stop=1100")
+    assert not zoom["downsampled"] and [p[0] for p in zoom["series"]["loss"]] == list(range(1001, 1101))
+    assert d.request("GET", "/api/jobs/job-0000/series?points=x")[0] == 400
+    assert d.request("GET", "/api/jobs/job-0000/metrics?after=-1")[0] == 400
+    assert d.request("GET", "/api/jobs/nosuchjob/series")[0] == 404
+
+
+@pytest.mark.browser
+def test_job_page_draws_a_long_history_downsampled_and_fetches_only_new_entries(home, dashboard, tmp_path):
+    """100,000 entries: the first view is drawn from summaries (at most 2,000 points a curve, the
+    spike and the dip kept); later polls ask only for entries after the last one; a drag zooms in."""
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    from trainjob.store import Store
+
+    n = 100_000
+    _stock(home, 0, n, running="long-run")
+    d = dashboard
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=executable, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        try:
+            page = ctx.new_page()
+            errors: list[str] = []
+            asked: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: asked.append(r.url.split(str(d.port), 1)[1]) if "/metrics" in r.url or "/series" in r.url else None)
+            page.goto(f"{d.url}jobs/long-run?token={d.token}")
+            page.wait_for_function("() => +(document.querySelector('path[data-key=loss]')?.dataset.points || 0) > 0", timeout=60_000)
+            first = _points(page)
+            rendered_ms = page.evaluate("() => performance.now()")
+            assert 1000 <= first <= 2000, first
+            ys = page.evaluate("() => [...document.querySelectorAll('[data-chart=loss] text.tick.y')].map((t) => +t.textContent)")
+            assert min(ys) <= -4.0 and max(ys) >= 9.0, ys  # the axis spans the spike and the dip
+
+            Store(home / "trainjob.db").add_metrics("long-run", 0, [{"step": n + 1 + i, "loss": 2.0, "attempt": 0} for i in range(30)])
+            page.wait_for_function(f"() => +document.querySelector('path[data-key=loss]').dataset.points === {first + 30}", timeout=30_000)
+            assert asked[0] == "/api/jobs/long-run/series?points=2000"
+            polls = [u for u in asked[1:] if "/metrics" in u]
+            assert polls and all(u.startswith(f"/api/jobs/long-run/metrics?after={n}") or u.startswith(f"/api/jobs/long-run/metrics?after={n + 30}") for u in polls), asked
+            assert not any("/series" in u for u in asked[1:])  # the whole history was read once
+
+            box = page.locator("[data-chart=loss] svg").bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 120)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.52, box["y"] + 120, steps=4)
+            page.mouse.up()
+            page.wait_for_selector("#zoom-reset:not(.hidden)", timeout=30_000)
+            assert any("/series?" in u and "&start=" in u for u in asked)
+            assert "zoomed" in page.inner_text("#history-note")
+            page.screenshot(path=str(tmp_path / "zoomed.png"))
+            page.click("#zoom-reset")
+            page.wait_for_selector("#zoom-reset", state="hidden")
+            assert errors == [], errors
+            print(f"first render of {n:,} entries: {rendered_ms:.0f} ms after navigation start")
+        finally:
+            ctx.close()

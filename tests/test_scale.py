@@ -190,3 +190,89 @@ def test_a_store_of_schema_v4_is_migrated_with_its_history(tmp_path):
     tables = {r[0] for r in store.db.call(lambda c: c.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall())}
     assert "metrics" not in tables and "metric_chunks" in tables
     assert store.delete_job("old1") and store.metrics_count("old1") == 0
+
+
+def _with_folder(home: Path, name: str, size: int) -> Path:
+    folder = home / "jobs" / name / "workdir"
+    folder.mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(os.urandom(size))
+    return folder.parent
+
+
+def test_prune_removes_old_ended_jobs_with_their_files_and_history_never_a_running_one(home):
+    store = Store(home / "trainjob.db")
+    now = time.time()
+    day = 86400.0
+    me = os.getpid()
+    from trainjob.backends.local import procs
+
+    rows = [
+        _row(0, JobStatus.COMPLETE, created_at=now - 40 * day, finished_at=now - 39 * day),
+        _row(1, JobStatus.FAILED, created_at=now - 35 * day, finished_at=now - 35 * day),
+        _row(2, JobStatus.STOPPED, created_at=now - 31 * day, finished_at=now - 31 * day),
+        _row(3, JobStatus.COMPLETE, created_at=now - 2 * day, finished_at=now - 2 * day),
+        # Running for 50 days under a live supervisor (this process): never pruned
+        _row(4, JobStatus.RUNNING, created_at=now - 50 * day, supervisor_pid=me, supervisor_start=procs.start_time(me), supervisor_host=procs.this_host()),
+    ]
+    store.insert_jobs(rows)
+    for r in rows:
+        _with_folder(home, r.id, 200_000)
+        store.add_metrics(r.id, 0, _entries(0, 3000))
+        store.add_event(r.id, "Created", "x")
+    c = TrainerClient(LocalBackendConfig(home=str(home)))
+    with pytest.raises(ValidationError):
+        c.prune_jobs()  # neither an age nor a number to keep
+    with pytest.raises(ValidationError):
+        c.prune_jobs(keep_last=0, status="Running")
+
+    plan = c.prune_jobs(older_than=30 * day, dry_run=True)
+    assert plan.names == ["job-0002", "job-0001", "job-0000"] and plan.files_bytes >= 3 * 200_000 and plan.store_bytes is None
+    assert c.count_jobs() == 5  # a dry run removes nothing
+
+    kept_newest = c.prune_jobs(older_than=30 * day, keep_last=2)  # keeps job-0003 and job-0002
+    assert kept_newest.names == ["job-0001", "job-0000"]
+    before, after = kept_newest.store_bytes
+    assert after < before  # the history's pages went back to the disk
+    assert not (home / "jobs" / "job-0000").exists() and (home / "jobs" / "job-0002").exists()
+    assert store.metrics_count("job-0000") == 0 and store.events("job-0000") == []
+    assert names(c.list_jobs()) == ["job-0004", "job-0002", "job-0003"]
+
+    everything = c.prune_jobs(keep_last=0)
+    assert everything.names == ["job-0003", "job-0002"]
+    assert names(c.list_jobs()) == ["job-0004"] and (home / "jobs" / "job-0004").exists() and store.metrics_count("job-0004") == 3000
+
+
+def test_cli_ls_limits_filters_and_prune(home):
+    store = Store(home / "trainjob.db")
+    long_ago = time.time() - 100 * 86400
+    store.insert_jobs([_row(i, JobStatus.FAILED if i % 3 == 0 else JobStatus.COMPLETE, created_at=long_ago + i, finished_at=long_ago + i + 1) for i in range(60)])
+    store.add_metrics("job-0059", 0, _entries(0, 500))
+    env = {**os.environ, "TRAINJOB_HOME": str(home), "COLUMNS": "200"}
+
+    def cli(*args: str, rc: int = 0) -> subprocess.CompletedProcess:
+        p = subprocess.run([sys.executable, "-m", "trainjob.cli.main", *args], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert p.returncode == rc, (args, p.stdout, p.stderr)
+        return p
+
+    shown = cli("ls", "-q")
+    assert shown.stdout.split() == [f"job-{i:04d}" for i in range(10, 60)]  # the newest 50, the newest last
+    assert "10 older jobs not shown" in shown.stderr
+    assert cli("ls", "-q", "--all").stdout.split() == [f"job-{i:04d}" for i in range(60)]
+    assert cli("ls", "-q", "-n", "2", "--status", "failed").stdout.split() == ["job-0054", "job-0057"]
+    assert cli("ls", "-q", "--name", "job-000*", "-l", "team=cv").stdout.split() == ["job-0001", "job-0003", "job-0005", "job-0007", "job-0009"]
+    table = cli("ls", "-n", "3").stdout
+    assert "job-0059" in table and "job-0056" not in table
+    tail = json.loads(cli("metrics", "job-0059", "--tail", "3", "-o", "json").stdout)
+    assert [e["step"] for e in tail] == [498, 499, 500]
+    assert len(json.loads(cli("metrics", "job-0059", "-o", "json").stdout)) == 500
+
+    assert "--older-than" in cli("prune", rc=2).stderr
+    assert "older-than" in cli("prune", "--older-than", "soon", rc=2).stderr
+    dry = cli("prune", "--older-than", "30d", "--keep-last", "50", "--dry-run")
+    assert dry.stdout.split() == [f"job-{i:04d}" for i in range(9, -1, -1)] and "nothing removed" in dry.stderr
+    assert "--yes" in cli("prune", "--older-than", "30d", "--keep-last", "50", rc=2).stderr  # stdin is no terminal
+    failed = json.loads(cli("prune", "--older-than", "30d", "--keep-last", "18", "--status", "Failed", "--yes", "-o", "json").stdout)
+    assert failed["pruned"] == ["job-0003", "job-0000"] and failed["store_bytes_after"] <= failed["store_bytes_before"]
+    done = cli("prune", "--older-than", "30d", "--keep-last", "50", "--yes")
+    assert done.stderr.startswith("removed 8 job(s)") and "store" in done.stderr
+    assert len(cli("ls", "-q", "--all").stdout.split()) == 50

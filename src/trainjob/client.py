@@ -301,6 +301,73 @@ class TrainerClient:
         """End the job's processes if it runs, then remove its record and files."""
         self.backend.delete_job(name)
 
+    def prune_jobs(
+        self,
+        older_than: float | None = None,
+        keep_last: int | None = None,
+        status: str | JobStatus | Iterable[str | JobStatus] | None = None,
+        dry_run: bool = False,
+    ) -> PruneResult:
+        """Delete ended jobs (records, history, files), never one that has not ended.
+
+        ``older_than``: only jobs that ended more than this many seconds ago; ``keep_last``: keep
+        the newest N ended jobs (of ``status``, when given) whatever their age; ``status``: only
+        jobs in these ended statuses (Complete, Failed, Stopped). At least one of ``older_than``
+        and ``keep_last`` is needed. Then the store gives the freed pages back to the disk.
+        ``dry_run``: only say what would go.
+        """
+        wanted = _status_set(status)
+        problems = []
+        if older_than is None and keep_last is None:
+            problems.append(Problem("older_than", None, "a number of seconds, or keep_last: prune needs at least one of them (it never removes every job by default)"))
+        if older_than is not None and (isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0):
+            problems.append(Problem("older_than", older_than, "a number of seconds >= 0"))
+        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0):
+            problems.append(Problem("keep_last", keep_last, "an integer >= 0"))
+        if wanted is not None and not all(s.is_terminal for s in wanted):
+            problems.append(Problem("status", sorted(s.value for s in wanted), "ended statuses only: Complete, Failed, Stopped (a job that has not ended is never pruned)"))
+        if problems:
+            raise ValidationError(problems, "prune_jobs()")
+        ended = wanted if wanted is not None else {s for s in JobStatus if s.is_terminal}
+        jobs = self.list_jobs(status=ended, newest_first=True)[keep_last or 0 :]
+        if older_than is not None:
+            cutoff = time.time() - older_than
+            jobs = [j for j in jobs if (j.finished_at or j.created_at).timestamp() < cutoff]
+        freed = sum(_folder_bytes(j.job_dir) for j in jobs)
+        if dry_run:
+            return PruneResult([j.name for j in jobs], freed, None)
+        for j in jobs:
+            self.backend.delete_job(j.name)
+        return PruneResult([j.name for j in jobs], freed, self.backend.compact())
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneResult:
+    """What ``prune_jobs`` removed (or would remove, in a dry run)."""
+
+    names: list[str]  # the pruned jobs, newest first
+    files_bytes: int  # disk space of their folders (files hard-linked into other jobs' folders not counted)
+    store_bytes: tuple[int, int] | None  # the store's size before and after (None: dry run, or a backend without one)
+
+
+def _folder_bytes(path: Any) -> int:
+    """Disk space a folder frees when removed: files linked from elsewhere too (a resumed job's
+    checkpoints) stay, so they do not count."""
+    import os
+
+    total = 0
+    if path is None:
+        return 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if st.st_nlink == 1:
+                total += st.st_blocks * 512
+    return total
+
 
 def _status_set(status: Any) -> set[JobStatus] | None:
     if status is None:

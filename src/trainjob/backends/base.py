@@ -95,6 +95,11 @@ class Backend(ABC):
             jobs.reverse()
         return jobs[query.offset :] if query.limit is None else jobs[query.offset : query.offset + query.limit]
 
+    def compact(self) -> tuple[int, int] | None:
+        """Give the space of deleted jobs' records back (``(bytes before, bytes after)``), where the
+        backend keeps records of its own; None where there is nothing to compact."""
+        return None
+
     @abstractmethod
     def get_job(self, job_id: str) -> TrainJob:
         """The job's current state; raises ``JobNotFoundError``. Never reports a dead job as running."""

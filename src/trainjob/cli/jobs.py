@@ -131,13 +131,16 @@ def events(job: JobIdArg, output: OutputOpt = Output.table) -> None:
 def metrics(
     job: JobIdArg,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the curves (loss, eval loss, learning rate, other eval metrics) to this PNG file.", show_default=False, dir_okay=False)] = None,
-    last: Annotated[Optional[int], typer.Option("--last", help="Only the last N entries in the table/JSON.", show_default=False)] = None,
+    tail: Annotated[Optional[int], typer.Option("--tail", "--last", "-n", help="Only the last N entries (read alone: cheap on a history of millions).", show_default=False, min=0)] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Every entry the job's Trainers logged (loss, learning rate, eval metrics...), by step."""
+    """The entries the job's Trainers logged (loss, learning rate, eval metrics...), by step: every one, or the last N."""
     c = common.client()
     job_id = common.resolve_job_id(job)
-    entries = c.get_job_metrics(job_id)
+    if tail is None:
+        entries = c.get_job_metrics(job_id)
+    else:
+        entries = c.get_job_metrics(job_id, after=max(0, c.count_job_metrics(job_id) - tail)) if tail else []
     if plot is not None:
         from trainjob.plot import NoMetricsError, plot_metrics
 
@@ -148,16 +151,15 @@ def metrics(
         except ImportError as e:
             raise CliExit(EXIT_FAILED, f"error: --plot needs matplotlib: pip install 'trainjob[dashboard]' ({e})") from None
         err.print(f"wrote {written}")
-    shown = entries[-last:] if last else entries
     if output is Output.json:
         from trainjob.cli.records import jsonable
 
-        common.dump(jsonable(shown))
+        common.dump(jsonable(entries))
     elif plot is None:
         if not entries:
             err.print("no metrics logged yet" + ("" if c.get_job(job_id).spec.get("enable_progression_tracking", True) else " (progress tracking is off for this job)"))
         else:
-            out.print(metrics_table(shown))
+            out.print(metrics_table(entries))
 
 
 def result(job: JobIdArg, output: OutputOpt = Output.table) -> None:
@@ -238,6 +240,75 @@ def delete(
     for j in found:
         c.delete_job(j.id)
         err.print(f"{j.id}: deleted")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (or plain seconds) -> seconds; ValueError otherwise."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:]) if t else None
+    number = t[:-1] if unit else t
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"--older-than {text!r}: give a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w") from None
+    if value < 0 or value != value:
+        raise ValueError(f"--older-than {text!r}: an age cannot be negative")
+    return value * (unit or 1)
+
+
+def prune(
+    older_than: Annotated[Optional[str], typer.Option("--older-than", help="Only jobs that ended longer ago than this: 30d, 12h, 90m, 45s, 2w.", show_default=False)] = None,
+    keep_last: Annotated[Optional[int], typer.Option("--keep-last", help="Keep the newest N ended jobs (of --status, if given), whatever their age.", show_default=False, min=0)] = None,
+    status: Annotated[Optional[list[str]], typer.Option("--status", "-s", help="Only jobs in this ended status (repeatable or comma-separated): Complete, Failed, Stopped.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed when not on a terminal).")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Remove ended jobs (records, metrics history, logs and checkpoints), keeping the store small.
+
+    A job that has not ended (Created, Queued, Running) is never removed. Give --older-than,
+    --keep-last or both: e.g. `trainjob prune --older-than 30d --keep-last 100`. Reports the space
+    freed; the store gives deleted pages back to the disk (incremental vacuum).
+    """
+    from trainjob.resources import format_bytes
+
+    if older_than is None and keep_last is None:
+        raise CliExit(EXIT_USAGE, "error: give --older-than AGE, --keep-last N or both (prune never removes every job by default)")
+    try:
+        age = parse_age(older_than) if older_than is not None else None
+    except ValueError as e:
+        raise CliExit(EXIT_USAGE, f"error: {e}") from None
+    c = common.client()
+    plan = c.prune_jobs(older_than=age, keep_last=keep_last, status=common.status_filter(status), dry_run=True)
+    if not plan.names:
+        if output is Output.json:
+            common.dump({"pruned": [], "files_bytes": 0, "store_bytes_before": None, "store_bytes_after": None})
+        else:
+            err.print("nothing to prune")
+        return
+    if dry_run:
+        if output is Output.json:
+            common.dump({"pruned": plan.names, "files_bytes": plan.files_bytes, "dry_run": True})
+        else:
+            for name in plan.names:
+                out.print(name)
+            err.print(f"would remove {len(plan.names)} job(s), {format_bytes(plan.files_bytes)} of job folders (dry run: nothing removed)")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliExit(EXIT_USAGE, f"error: prune removes {len(plan.names)} job(s) with their checkpoints and logs; pass --yes to confirm (stdin is not a terminal)")
+        if not typer.confirm(f"Remove {len(plan.names)} ended job(s) ({format_bytes(plan.files_bytes)} of files)?", default=False, err=True):
+            raise CliExit(EXIT_FAILED, "nothing removed")
+    done = c.prune_jobs(older_than=age, keep_last=keep_last, status=common.status_filter(status))
+    before, after = done.store_bytes or (None, None)
+    if output is Output.json:
+        common.dump({"pruned": done.names, "files_bytes": done.files_bytes, "store_bytes_before": before, "store_bytes_after": after})
+        return
+    store = f"; store {format_bytes(before)} -> {format_bytes(after)}" if before is not None else ""
+    err.print(f"removed {len(done.names)} job(s): {format_bytes(done.files_bytes)} of job folders freed{store}")
 
 
 def _title(job) -> str:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainjob.cli import common, doctor, envs, jobs, run, warm
+from trainjob.cli import common, doctor, envs, jobs, optimize, run, warm
 from trainjob.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, CliExit, err
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, JobTimeoutError, StoreError, TrainJobError, ValidationError
 
@@ -38,6 +38,14 @@ app.command(
     rich_help_panel=_SUBMIT,
 )(run.run)
 app.command("demo", rich_help_panel=_SUBMIT)(run.demo)
+app.command(
+    "optimize",
+    help=optimize.OPTIMIZE_HELP,
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    rich_help_panel=_SUBMIT,
+)(optimize.optimize)
+app.command("studies", rich_help_panel=_READ)(optimize.studies)
+app.command("trials", rich_help_panel=_READ)(optimize.trials_cmd)
 app.command("ls", rich_help_panel=_READ)(jobs.ls)
 app.command("runtimes", rich_help_panel=_READ)(jobs.runtimes)
 app.command("status", rich_help_panel=_READ)(jobs.status)
@@ -49,6 +57,7 @@ app.command("result", rich_help_panel=_READ)(jobs.result)
 app.command("wait", rich_help_panel=_CONTROL)(jobs.wait)
 app.command("stop", rich_help_panel=_CONTROL)(jobs.stop)
 app.command("delete", rich_help_panel=_CONTROL)(jobs.delete)
+app.command("prune", rich_help_panel=_CONTROL)(jobs.prune)
 app.add_typer(envs.app, name="envs", rich_help_panel=_CONTROL)
 app.add_typer(warm.app, name="warm", rich_help_panel=_CONTROL)
 app.command("doctor", rich_help_panel=_CONTROL)(doctor.doctor)

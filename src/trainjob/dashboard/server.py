@@ -6,11 +6,21 @@ Pages (``static/``, plain HTML + vanilla JS, no build step, nothing from a CDN):
 JSON API (the records of :mod:`trainjob.cli.records`, the same as ``trainjob ... -o json``):
 
 ==========================================  =====================================================
-``GET  /api/jobs[?status=Running]``         ``{"jobs": [job, ...]}`` each with its ``progress``
+``GET  /api/jobs[?status=&label=&name=]``   ``{"jobs": [job, ...], "total": N, "counts": {...}}``
+                                            each with its ``progress``; every job, oldest first,
+                                            or a page: ``limit=``, ``offset=``, ``newest=1``
+                                            (``total``: jobs the filters select; ``counts``: per
+                                            status, filters aside)
 ``GET  /api/jobs/{id}``                     one job record (with ``progress``)
 ``GET  /api/jobs/{id}/progress``            the progress JSON, or ``null``
 ``GET  /api/jobs/{id}/metrics?after=N``     ``{"entries": [...], "next": M}``: entries from the
-                                            N-th on; poll again with ``after=M``
+                                            N-th on (at most ``limit``, default 10,000); poll
+                                            again with ``after=M``
+``GET  /api/jobs/{id}/series``              the history as chart series of at most ``points``
+                                            (default 2,000) points each, extremes kept, for
+                                            positions ``start`` to ``stop`` (a zoom):
+                                            ``{"series": {key: [[step, value, attempt, pos]]},
+                                            "restarts", "start", "stop", "count", "downsampled"}``
 ``GET  /api/jobs/{id}/events?after=N``      ``{"events": [...], "next": M}``
 ``GET  /api/jobs/{id}/logs?step=&cursor=C``  ``{"lines": [...], "cursor": C2, "skipped_bytes": N,
                                             "more": bool, "steps": [...]}``: the log's tail first
@@ -48,8 +58,11 @@ from trainjob.cli.records import event_record, job_record, jsonable, result_reco
 from trainjob.client import TrainerClient
 from trainjob.dashboard.security import MIN_TOKEN_LENGTH, Guard, is_loopback
 from trainjob.errors import JobNotFoundError, JobStateError, ValidationError
+from trainjob.types import JobStatus
 
 STATIC = Path(__file__).parent / "static"
+METRICS_PAGE, METRICS_PAGE_MAX = 10_000, 100_000  # entries per /metrics answer: default, most
+SERIES_POINTS, SERIES_POINTS_MAX = 2_000, 20_000  # points per series of a /series answer: default, most
 DEFAULT_PORT = 8686  # not Ray's dashboard (8265), not Jupyter (8888)
 _JOB_ID = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")  # a job's name (its id): DNS-1035, as trainjob.options.Name
 
@@ -102,6 +115,7 @@ def create_app(client: TrainerClient, config: DashboardConfig | None = None) -> 
         Route("/api/jobs/{job_id}", api.job),
         Route("/api/jobs/{job_id}/progress", api.progress),
         Route("/api/jobs/{job_id}/metrics", api.metrics),
+        Route("/api/jobs/{job_id}/series", api.series),
         Route("/api/jobs/{job_id}/events", api.events),
         Route("/api/jobs/{job_id}/logs", api.logs),
         Route("/api/jobs/{job_id}/result", api.result),
@@ -231,10 +245,16 @@ class _Api:
 
     @_handler
     def jobs(self, request: Request) -> Response:
+        """A page of jobs, filtered in the store; a listing costs what it shows, not what is stored."""
         statuses = [s for s in request.query_params.getlist("status") for s in s.split(",") if s]
         labels = dict(pair.partition("=")[::2] for pair in request.query_params.getlist("label") if "=" in pair)  # ?label=team=nlp
-        jobs = self.client.list_jobs(status=statuses or None, labels=labels or None)
-        return _json({"jobs": [job_record(j, self.client.get_job_progress(j.id)) for j in jobs]})
+        filters = {"status": statuses or None, "labels": labels or None, "name": request.query_params.get("name") or None}
+        limit, offset = _int_param(request, "limit"), _int_param(request, "offset", 0) or 0
+        newest = request.query_params.get("newest") in ("1", "true")
+        jobs = self.client.list_jobs(**filters, limit=limit, offset=offset, newest_first=newest)
+        total = len(jobs) + offset if limit is None else self.client.count_jobs(**filters)
+        counts = {s.value: n for s in JobStatus if (n := self.client.count_jobs(status=s))}
+        return _json({"jobs": [job_record(j, self.client.get_job_progress(j.id)) for j in jobs], "total": total, "counts": counts})
 
     @_handler
     def job(self, request: Request) -> Response:
@@ -246,9 +266,17 @@ class _Api:
 
     @_handler
     def metrics(self, request: Request) -> Response:
+        """What was logged from position ``after`` on: a poll with nothing new reads one short row."""
         after = _int_param(request, "after", 0) or 0
-        entries = self.client.get_job_metrics(request.path_params["job_id"])
-        return _json({"entries": entries[after:], "next": len(entries)})
+        limit = min(_int_param(request, "limit", METRICS_PAGE) or METRICS_PAGE, METRICS_PAGE_MAX)
+        entries = self.client.get_job_metrics(request.path_params["job_id"], after=after, limit=limit)
+        return _json({"entries": entries, "next": after + len(entries)})
+
+    @_handler
+    def series(self, request: Request) -> Response:
+        points = min(_int_param(request, "points", SERIES_POINTS, minimum=2) or SERIES_POINTS, SERIES_POINTS_MAX)
+        start, stop = _int_param(request, "start", 0) or 0, _int_param(request, "stop")
+        return _json(self.client.get_job_metrics_series(request.path_params["job_id"], start=start, stop=stop, points=points))
 
     @_handler
     def events(self, request: Request) -> Response:

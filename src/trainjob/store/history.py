@@ -125,10 +125,13 @@ def read(conn: sqlite3.Connection, job_id: str, start: int = 0, stop: int | None
     if stop is not None and stop <= start:
         return []
     first = start - start % CHUNK
+    # "seq + n > start": a poller's read with nothing new finds no row (decodes nothing)
     if stop is None:
-        rows = conn.execute("SELECT seq, data FROM metric_chunks WHERE job_id = ? AND seq >= ? ORDER BY seq", (job_id, first))
+        rows = conn.execute("SELECT seq, data FROM metric_chunks WHERE job_id = ? AND seq >= ? AND seq + n > ? ORDER BY seq", (job_id, first, start))
     else:
-        rows = conn.execute("SELECT seq, data FROM metric_chunks WHERE job_id = ? AND seq >= ? AND seq < ? ORDER BY seq", (job_id, first, stop))
+        rows = conn.execute(
+            "SELECT seq, data FROM metric_chunks WHERE job_id = ? AND seq >= ? AND seq < ? AND seq + n > ? ORDER BY seq", (job_id, first, stop, start)
+        )
     out: list[dict[str, Any]] = []
     for seq, data in rows:
         entries = json.loads(data)

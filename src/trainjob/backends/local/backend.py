@@ -254,6 +254,9 @@ class LocalBackend(Backend):
         self._exists(job_id)
         return self.store.metrics_series(job_id, start, stop, points)
 
+    def compact(self) -> tuple[int, int]:
+        return self.store.compact()
+
     def _exists(self, job_id: str) -> None:
         """Raise ``JobNotFoundError`` for an unknown job (a history read needs no reconciling)."""
         if not isinstance(job_id, str) or not self.store.has_job(job_id):

@@ -51,7 +51,8 @@ function valueText(v) {
 }
 
 class LineChart {
-  // opts: {key, title, yLabel, xLabel}
+  // opts: {key, title, yLabel, xLabel, onZoom}; onZoom(a, b): the user dragged across steps a..b
+  // (onZoom(null): double-click, back to the whole range).
   constructor(container, opts) {
     this.opts = Object.assign({ xLabel: "training step" }, opts);
     this.series = [];
@@ -62,17 +63,41 @@ class LineChart {
     this.card.append(this.svg);
     container.append(this.card);
     this.hoverX = null;
+    this.dragFrom = null;
     this.svg.addEventListener("mousemove", (ev) => this.onHover(ev));
-    this.svg.addEventListener("mouseleave", () => { this.hoverX = null; this.render(); });
+    this.svg.addEventListener("mouseleave", () => { this.hoverX = null; this.dragFrom = null; this.render(); });
+    if (this.opts.onZoom) {
+      this.svg.addEventListener("mousedown", (ev) => { const x = this.stepAt(ev); if (x !== null) { this.dragFrom = x; ev.preventDefault(); } });
+      this.svg.addEventListener("mouseup", (ev) => {
+        const from = this.dragFrom, to = this.stepAt(ev);
+        this.dragFrom = null;
+        if (from === null || to === null || !this.scale) return;
+        const plotW = this.L.width - this.L.left - this.L.right;
+        if (Math.abs(to - from) / (this.scale.x1 - this.scale.x0 || 1) * plotW < 8) { this.render(); return; } // a click, not a drag
+        this.opts.onZoom(Math.min(from, to), Math.max(from, to));
+      });
+      this.svg.addEventListener("dblclick", () => this.opts.onZoom(null));
+    }
   }
 
-  // series: [{key, label, color, dashed, markers, points: [[step, value, attempt], ...]}]
-  update(series, xMax, restarts, emptyText) {
+  // series: [{key, label, color, dashed, markers, points: [[step, value, attempt, ...], ...]}]
+  // fitX: the x axis spans the data (a zoomed range), not 0..max.
+  update(series, xMax, restarts, emptyText, fitX) {
     this.emptyText = emptyText || "waiting for the first logged values…";
     this.series = series;
     this.xMax = xMax;
+    this.fitX = !!fitX;
     this.restarts = restarts || [];
     this.render();
+  }
+
+  stepAt(ev) {
+    if (!this.scale || !this.L) return null;
+    const rect = this.svg.getBoundingClientRect();
+    const px = ((ev.clientX - rect.left) / rect.width) * this.L.width;
+    const plotW = this.L.width - this.L.left - this.L.right;
+    if (px < this.L.left || px > this.L.left + plotW) return null;
+    return this.scale.x0 + ((px - this.L.left) / plotW) * (this.scale.x1 - this.scale.x0);
   }
 
   layout() {
@@ -111,9 +136,10 @@ class LineChart {
       svg.append(svgEl("text", { class: "placeholder", x: L.left + plotW / 2, y: L.top + plotH / 2, "text-anchor": "middle" }, this.emptyText || "waiting for the first logged values…"));
       return;
     }
-    const xsMax = Math.max(...all.map((p) => p[0]), this.xMax || 0, 1);
-    const xt = niceTicks(0, xsMax, Math.max(3, Math.floor(plotW / 90)), true);
-    const x0 = 0, x1 = xt.ticks[xt.ticks.length - 1];
+    let xsMin = Infinity, xsMax = Math.max(this.xMax || 0, 1);
+    for (const p of all) { if (p[0] > xsMax) xsMax = p[0]; if (p[0] < xsMin) xsMin = p[0]; }
+    const xt = niceTicks(this.fitX ? xsMin : 0, xsMax, Math.max(3, Math.floor(plotW / 90)), true);
+    const x0 = xt.ticks[0], x1 = xt.ticks[xt.ticks.length - 1];
     const y0 = yt.ticks[0], y1 = yt.ticks[yt.ticks.length - 1];
     const sx = (x) => L.left + ((x - x0) / (x1 - x0 || 1)) * plotW;
     const sy = (y) => L.top + plotH - ((y - y0) / (y1 - y0 || 1)) * plotH;
@@ -172,7 +198,10 @@ class LineChart {
     }
     svg.append(legend);
 
-    if (this.hoverX !== null) this.drawHover(L, plotH);
+    if (this.hoverX !== null && this.dragFrom !== null) {
+      const a = sx(Math.min(this.dragFrom, this.hoverX)), b = sx(Math.max(this.dragFrom, this.hoverX));
+      svg.append(svgEl("rect", { class: "zoom-rect", x: a, y: L.top, width: Math.max(1, b - a), height: plotH }));
+    } else if (this.hoverX !== null) this.drawHover(L, plotH);
   }
 
   onHover(ev) {

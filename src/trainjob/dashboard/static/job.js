@@ -17,10 +17,78 @@
   const COLORS = { loss: "#2563eb", eval_loss: "#dc2626", learning_rate: "#059669", grad_norm: "#d97706" };
   const PALETTE = ["#7c3aed", "#0891b2", "#be185d", "#4d7c0f", "#b45309", "#1d4ed8"];
 
+  // The history is drawn from the server's view of it (at most POINTS points per series, each
+  // series' extremes kept), then grown by polls that fetch only entries logged since; a view that
+  // grew past twice POINTS is fetched afresh. Dragging across a chart fetches that range in detail.
+  const POINTS = 2000;
+  const PAGE = 10000; // entries per poll; a poll that gets a full page is behind: the view is refetched
   const state = {
-    entries: [], metricsNext: 0, eventsNext: 0, logCursor: null, logStep: "node-0", logSteps: [],
+    series: new Map(), restarts: [], lastAttempt: null, count: 0, downsampled: false, reload: true, zoom: null,
+    metricsNext: 0, eventsNext: 0, logCursor: null, logStep: "node-0", logSteps: [],
     charts: new Map(), job: null, resultShown: false, finalPasses: 0, createdAt: null, stopped: false,
   };
+
+  function takeView(view) {
+    return { series: new Map(Object.entries(view.series)), restarts: view.restarts, start: view.start, stop: view.stop, downsampled: view.downsampled };
+  }
+
+  async function loadHistory() {
+    const view = await api(`/api/jobs/${jobId}/series?points=${POINTS}`);
+    const v = takeView(view);
+    state.series = v.series;
+    state.restarts = v.restarts;
+    state.downsampled = v.downsampled;
+    state.metricsNext = view.stop;
+    state.count = view.count;
+    let last = null;
+    for (const pts of state.series.values()) if (pts.length && (last === null || pts[pts.length - 1][3] > last[3])) last = pts[pts.length - 1];
+    state.lastAttempt = last ? last[2] : null;
+    state.reload = false;
+  }
+
+  function appendEntries(entries, seq) {
+    entries.forEach((e, i) => {
+      if (typeof e.step !== "number") return;
+      const attempt = e.attempt || 0;
+      if (state.lastAttempt !== null && attempt !== state.lastAttempt) state.restarts.push({ step: e.step, attempt, seq: seq + i });
+      state.lastAttempt = attempt;
+      for (const [k, v] of Object.entries(e)) {
+        if (SKIP.has(k) || typeof v !== "number" || !isFinite(v)) continue;
+        if (!state.series.has(k)) state.series.set(k, []);
+        const pts = state.series.get(k);
+        pts.push([e.step, v, attempt, seq + i]);
+        if (pts.length > 2 * POINTS) state.reload = true;
+      }
+    });
+    state.count = seq + entries.length;
+  }
+
+  async function pollHistory() {
+    if (state.reload) return loadHistory();
+    const m = await api(`/api/jobs/${jobId}/metrics?after=${state.metricsNext}&limit=${PAGE}`);
+    appendEntries(m.entries, state.metricsNext);
+    state.metricsNext = m.next;
+    if (m.entries.length >= PAGE) state.reload = true;
+  }
+
+  // A drag across a chart from step a to step b: the positions between the drawn points around them.
+  async function zoomTo(a, b) {
+    if (a === null) { state.zoom = null; drawCharts(); return; }
+    let start = null, stop = null;
+    const source = state.zoom ? state.zoom.series : state.series;
+    for (const pts of source.values()) {
+      for (const p of pts) {
+        if (p[0] < a) start = start === null ? p[3] : Math.max(start, p[3]);
+        if (p[0] > b) stop = stop === null ? p[3] + 1 : Math.min(stop, p[3] + 1);
+      }
+    }
+    start = start === null ? (state.zoom ? state.zoom.start : 0) : start;
+    stop = stop === null ? (state.zoom ? state.zoom.stop : state.count) : stop;
+    if (stop - start < 2) return;
+    const view = await api(`/api/jobs/${jobId}/series?points=${POINTS}&start=${start}&stop=${stop}`);
+    state.zoom = takeView(view);
+    drawCharts();
+  }
 
   function panelFor(key) {
     for (const p of PANELS) if (p.members.includes(key)) return p;
@@ -29,25 +97,19 @@
   }
 
   function chart(panel) {
-    if (!state.charts.has(panel.key)) state.charts.set(panel.key, new LineChart($("charts"), panel));
+    if (!state.charts.has(panel.key)) state.charts.set(panel.key, new LineChart($("charts"), { ...panel, onZoom: zoomTo }));
     return state.charts.get(panel.key);
   }
 
   function drawCharts() {
-    const points = new Map();
-    const restarts = [];
-    let lastAttempt = null;
-    for (const e of state.entries) {
-      if (typeof e.step !== "number") continue;
-      const attempt = e.attempt || 0;
-      if (lastAttempt !== null && attempt !== lastAttempt) restarts.push({ step: e.step, attempt });
-      lastAttempt = attempt;
-      for (const [k, v] of Object.entries(e)) {
-        if (SKIP.has(k) || typeof v !== "number" || !isFinite(v)) continue;
-        if (!points.has(k)) points.set(k, []);
-        points.get(k).push([e.step, v, attempt]);
-      }
-    }
+    const view = state.zoom || state;
+    const points = new Map([...view.series].filter(([k]) => !SKIP.has(k)));
+    const restarts = view.restarts;
+    const n = state.count;
+    $("history-note").textContent = state.zoom
+      ? `zoomed: entries ${state.zoom.start.toLocaleString()}–${state.zoom.stop.toLocaleString()}${state.zoom.downsampled ? " (lowest and highest value per bucket)" : ""}`
+      : n ? `${n.toLocaleString()} logged entries${state.downsampled ? `, drawn as at most ${POINTS.toLocaleString()} points per curve (lowest and highest value per bucket)` : ""}; drag across a chart to zoom` : "";
+    $("zoom-reset").classList.toggle("hidden", !state.zoom);
     const panels = new Map();
     for (const p of PANELS.slice(0, 2)) panels.set(p.key, { panel: p, keys: [] }); // always shown
     for (const k of points.keys()) {
@@ -55,7 +117,7 @@
       if (!panels.has(p.key)) panels.set(p.key, { panel: p, keys: [] });
       panels.get(p.key).keys.push(k);
     }
-    const xMax = ((state.job || {}).progress || {}).totalSteps || null;
+    const xMax = state.zoom ? null : ((state.job || {}).progress || {}).totalSteps || null;
     let paletteIndex = 0;
     for (const { panel, keys } of panels.values()) {
       const ordered = panel.members.length > 1 ? panel.members.filter((m) => keys.includes(m)) : keys;
@@ -66,7 +128,7 @@
         markers: k.startsWith("eval_"),
       }));
       const ended = state.job && state.job.is_terminal;
-      chart(panel).update(series, xMax, restarts, ended ? "the job logged no values" : "waiting for the first logged values…");
+      chart(panel).update(series, xMax, restarts, ended ? "the job logged no values" : "waiting for the first logged values…", !!state.zoom);
     }
   }
 
@@ -194,9 +256,7 @@
     try {
       const job = await api(`/api/jobs/${jobId}`);
       renderJob(job);
-      const m = await api(`/api/jobs/${jobId}/metrics?after=${state.metricsNext}`);
-      state.metricsNext = m.next;
-      state.entries.push(...m.entries);
+      await pollHistory();
       drawCharts();
       const ev = await api(`/api/jobs/${jobId}/events?after=${state.eventsNext}`);
       state.eventsNext = ev.next;
@@ -249,6 +309,8 @@
     if (!confirm(`Delete job ${jobId} with its logs and checkpoints? This cannot be undone.`)) return;
     try { await post(`/api/jobs/${jobId}/delete`); location.href = "/"; } catch (e) { showError(`Delete failed: ${e.message}`); }
   });
+
+  $("zoom-reset").addEventListener("click", () => zoomTo(null));
 
   let resizeTimer = null;
   window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawCharts, 150); });

@@ -1,12 +1,15 @@
-// Job list: every job with status, progress, ETA and age; refreshed every 2 seconds.
+// Job list: the newest jobs, a page at a time (filtered and paged by the server), with status,
+// progress, ETA and age; refreshed every 2 seconds.
 "use strict";
 
 (() => {
   const { el, api, badge, bar, num, duration, age } = TJ;
+  const PAGE = 100;
   const body = document.querySelector("#jobs tbody");
   const filter = document.getElementById("filter");
   const params = new URLSearchParams(location.search);
   if (params.get("status")) filter.value = params.get("status");
+  let offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
 
   function row(job) {
     const p = job.progress || {};
@@ -33,13 +36,14 @@
   async function refresh() {
     const status = filter.value;
     try {
-      const data = await api("/api/jobs" + (status ? `?status=${encodeURIComponent(status)}` : ""));
-      const jobs = data.jobs.slice().reverse(); // newest first
+      const data = await api(`/api/jobs?newest=1&limit=${PAGE}&offset=${offset}` + (status ? `&status=${encodeURIComponent(status)}` : ""));
+      const jobs = data.jobs; // newest first
       body.replaceChildren(...jobs.map(row));
-      document.getElementById("empty").classList.toggle("hidden", jobs.length > 0);
-      const counts = {};
-      for (const j of data.jobs) counts[j.status] = (counts[j.status] || 0) + 1;
-      document.getElementById("counts").textContent = Object.entries(counts).map(([k, v]) => `${v} ${k.toLowerCase()}`).join(" · ");
+      document.getElementById("empty").classList.toggle("hidden", data.total > 0);
+      document.getElementById("counts").textContent = Object.entries(data.counts).map(([k, v]) => `${v} ${k.toLowerCase()}`).join(" · ");
+      document.getElementById("page").textContent = data.total > jobs.length ? `${offset + 1}–${offset + jobs.length} of ${data.total}` : "";
+      document.getElementById("newer").classList.toggle("hidden", offset === 0);
+      document.getElementById("older").classList.toggle("hidden", offset + jobs.length >= data.total);
       document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
       document.getElementById("error").classList.add("hidden");
     } catch (e) {
@@ -49,12 +53,18 @@
     }
   }
 
-  filter.addEventListener("change", () => {
+  function go(newOffset) {
+    offset = Math.max(0, newOffset);
     const u = new URL(location.href);
     if (filter.value) u.searchParams.set("status", filter.value); else u.searchParams.delete("status");
+    if (offset) u.searchParams.set("offset", offset); else u.searchParams.delete("offset");
     history.replaceState(null, "", u);
     refresh();
-  });
+  }
+
+  filter.addEventListener("change", () => go(0));
+  document.getElementById("newer").addEventListener("click", () => go(offset - PAGE));
+  document.getElementById("older").addEventListener("click", () => go(offset + PAGE));
   refresh();
   setInterval(refresh, 2000);
 })();
