@@ -46,3 +46,74 @@ def test_resume_links_only_complete_checkpoints(tmp_path):
 def test_resume_of_a_job_without_a_workdir_carries_nothing(tmp_path):
     assert carry_workdir(tmp_path / "missing", tmp_path / "dst") == plan_resume(tmp_path / "missing")
     assert not (tmp_path / "dst").exists()
+
+
+# ---- outcome, events, records, rank environment ---------------------------------------------
+def test_outcome_reason_message_and_result():
+    from trainjob.core.outcome import describe_error, failure_message, outcome_reason, result_record
+    from trainjob.types import JobStatus
+
+    boom = {"rank": 1, "type": "ValueError", "message": "boom"}
+    assert outcome_reason(JobStatus.FAILED, {"type": "DeadlineExceeded"}) == "DeadlineExceeded"
+    assert [outcome_reason(s, None) for s in (JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.STOPPED)] == ["Completed", "Failed", "Stopped"]
+    assert describe_error(boom, 0) == "attempt 0: rank 1: ValueError: boom"
+    assert describe_error({"node": 1, "type": "NodeLost", "message": "gone"}) == "node-1: NodeLost: gone"
+    assert failure_message(boom, 0) == "rank 1: ValueError: boom"
+    assert failure_message(boom, 1).endswith("(the first failure; 1 restart used, see the events for each attempt)")
+    result = result_record(
+        metrics=[{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0, "eval_loss": 1.5}],
+        custom_metrics=None,
+        train_end={"global_step": 2},
+        checkpoint="/c/checkpoint-2",
+        checkpoints=("/c/checkpoint-2",),
+        output_dir="/c",
+        log_dir=None,
+        best_checkpoint="/c/checkpoint-2",
+    )
+    assert result["metrics"]["loss"] == 1.0 and result["metrics"]["eval_loss"] == 1.5
+    assert (result["global_step"], result["best_checkpoint"], result["checkpoints"]) == (2, "/c/checkpoint-2", ["/c/checkpoint-2"])
+
+
+def test_lifecycle_events_read_the_same_on_every_backend():
+    from trainjob.core import events
+    from trainjob.types import JobStatus
+
+    local = events.started(1, 2, events.on_nodes(2), True, pids=[7, 8])
+    assert (local.message, local.data) == ("attempt 1: 2 ranks on 2 nodes (resuming)", {"attempt": 1, "world_size": 2, "pids": [7, 8], "resume": True})
+    assert events.started(0, 1, "as Ray Train workers", False).message == "attempt 0: 1 rank as Ray Train workers"
+    again = events.restarting(1, 2, "rank 1: ValueError: boom", Path("/o/checkpoint-10"), 10)
+    assert again.message == "restart 1/2 after rank 1: ValueError: boom; resuming from checkpoint-10" and again.data["step"] == 10
+    assert events.restarting(1, 1, "x", None, None).message.endswith("; no complete checkpoint yet: from the start")
+    record = events.attempt_failed({"rank": 0, "type": "E", "message": "m"}, 3).as_record(3, now=5.0)
+    assert record == {"time": 5.0, "reason": "AttemptFailed", "message": "attempt 3: rank 0: E: m", "data": {"attempt": 3, "error": {"rank": 0, "type": "E", "message": "m"}}, "attempt": 3}
+    assert events.ended(JobStatus.STOPPED, None, None) == events.LifecycleEvent("Stopped", "job stopped", {})
+
+
+def test_error_record_masks_secrets_and_return_values_round_trip():
+    import threading
+
+    from trainjob.core.records import dump_return_value, error_record, load_return_value
+
+    try:
+        raise TypeError("Trainer.__init__() got an unexpected keyword argument 'evaluation_strategy' with token s3cr3t")
+    except TypeError as e:
+        rec = error_record(2, e, ["s3cr3t"], attempt=1)
+    assert (rec["rank"], rec["type"], rec["attempt"]) == (2, "TypeError", 1)
+    assert "s3cr3t" not in rec["message"] + rec["traceback"] and "eval_strategy" in rec["hint"]
+    assert load_return_value(dump_return_value({"a": 1})) == {"a": 1}
+    assert "lock" in load_return_value(dump_return_value(threading.Lock()))  # unpicklable: its repr
+    assert load_return_value(dump_return_value("x" * 1000, max_bytes=100)) == repr("x" * 1000)
+    assert load_return_value(None) is None
+
+
+def test_rank_env_contract():
+    from trainjob import contract
+    from trainjob.core.rank_env import free_port, rank_env
+
+    spec = {"enable_progression_tracking": True, "metrics_port": 28080, "custom_metrics": {"ppl": "perplexity"}}
+    env = rank_env(spec, job_id="j", job_dir=Path("/h/jobs/j"), attempt=2, resume=True)
+    assert env[contract.TRACKING] == "1" and env[contract.RESUME] == "1" and env[contract.ATTEMPT] == "2" and env[contract.METRICS_PORT] == "28080"
+    assert json.loads(env[contract.CUSTOM_METRICS]) == {"ppl": "perplexity"} and contract.RUN_DIR not in env
+    local = rank_env({}, job_id="j", job_dir=Path("/j"), attempt=0, resume=False, run_dir=Path("/j/run"), metrics_host="127.0.0.1", submit_dir="")
+    assert (local[contract.RUN_DIR], local[contract.TRACKING], local[contract.METRICS_PORT], local[contract.SUBMIT_DIR]) == ("/j/run", "0", "0", "")
+    assert 0 < free_port() < 65536

@@ -96,7 +96,7 @@ class CustomTrainer:
             return "command"
         return "script" if self.script is not None else "module"
 
-    def procs_per_node(self, gpus_available: int = 0) -> int:
+    def procs_per_node(self) -> int:
         """Ranks per node: explicit ``num_procs_per_node``, else one per requested GPU, else one."""
         if self.num_procs_per_node:
             return self.num_procs_per_node

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,6 @@ _LISTED = 8  # log step names listed in an error before "..."
 def utc(ts: float) -> datetime:
     """A stored epoch timestamp as an aware UTC datetime."""
     return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def load_return_value(data: bytes | None) -> Any:
-    """Rank 0's pickled return value (``bootstrap`` writes ``{"value": ...}``); None if there is none.
-
-    A value the client cannot unpickle (a class only the job could import) comes back as a
-    message saying so, and an unpicklable one as its repr.
-    """
-    if data is None:
-        return None
-    try:
-        loaded = pickle.loads(data)
-    except Exception as e:  # noqa: BLE001 - any import/unpickling failure is reported the same way
-        return f"<return value could not be loaded here: {type(e).__name__}: {e}>"
-    return loaded.get("value") if "unpicklable" not in loaded else loaded.get("repr")
 
 
 def build_result(

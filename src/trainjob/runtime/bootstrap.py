@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from trainjob import contract, filesystems
-from trainjob.masking import mask_text, secret_values
+from trainjob.core.records import dump_return_value, error_record, record_traceback
+from trainjob.masking import secret_values
 from trainjob.runtime import affinity, done
-from trainjob.runtime.hints import hint_for
 
-TRACEBACK_LINES = 40
 ERROR_RESERVE_BYTES = 64 * 1024  # an error record is a few KiB (40 traceback lines)
 
 
@@ -106,18 +103,8 @@ def record_error(run_dir: Path, rank: int, exc: BaseException) -> str:
     Returns the whole traceback, the job's secret values masked as in the record, for the log.
     """
     known = _secret_values()
-    tb = mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), known)
-    lines = tb.rstrip().splitlines()
-    message = mask_text(str(exc) if not isinstance(exc, SystemExit) else f"exit code {exc.code}", known)
-    record = {
-        "rank": rank,
-        "type": type(exc).__name__,
-        "message": message,
-        "traceback": "\n".join(lines[-TRACEBACK_LINES:]),
-        "time": time.time(),
-        "hint": hint_for(type(exc).__name__, message),
-        **filesystems.oserror_details(exc),  # errno and file: the supervisor explains a full disk
-    }
+    tb = record_traceback(exc, known)
+    record = error_record(rank, exc, known, **filesystems.oserror_details(exc))  # errno and file: the supervisor explains a full disk
     try:
         # On a full disk the record still fits: the rank's reserve is given back first.
         filesystems.with_reserve(lambda: contract.write_json_atomic(run_dir / contract.ERRORS_DIR / f"rank-{rank}.json", record), _error_reserve(run_dir, rank))
@@ -196,12 +183,7 @@ def _record_pid(run_dir: Path, rank: int) -> None:
 
 
 def _write_result(run_dir: Path, value: Any) -> None:
-    import cloudpickle
-
-    try:
-        data = cloudpickle.dumps({"value": value})
-    except Exception as e:  # noqa: BLE001 - an unpicklable return value is reported, not fatal
-        data = cloudpickle.dumps({"value": None, "unpicklable": f"{type(value).__name__}: {e}", "repr": repr(value)[:2000]})
+    data = dump_return_value(value)
     tmp = run_dir / f".{contract.RESULT_FILE}.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, run_dir / contract.RESULT_FILE)

@@ -100,10 +100,6 @@ def _report_failure(host: str, port: int, error: BaseException) -> None:
         print(f"[trainjob] warning: could not record that event: {e}", file=sys.stderr, flush=True)
 
 
-def running() -> bool:
-    return _server is not None
-
-
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self.path.split("?", 1)[0].rstrip("/")

@@ -49,7 +49,6 @@ class Collector:
         self._endpoint_seen = False
         self.last_event: dict[str, dict[str, Any]] = {}  # reason -> latest event (TrainEnd, Save...)
         self.progress: dict[str, Any] | None = None  # the latest progress rank 0 wrote
-        self.checkpoints: list[str] = []
 
     def collect(self, attempt: int) -> None:
         """One pass: new metric lines, new events and a changed progress, stored in one transaction; the endpoint."""
@@ -57,8 +56,6 @@ class Collector:
         events = self._new_lines(contract.EVENTS_FILE)
         for ev in events:
             self.last_event[ev["reason"]] = ev
-            if ev["reason"] == "Save" and ev["data"].get("checkpoint"):
-                self.checkpoints.append(ev["data"]["checkpoint"])
         progress, written_at = self._new_progress()
         self.store.add_reports(self.job_id, attempt, metrics=entries, events=events, progress=progress, progress_at=written_at)
         if progress is not None:

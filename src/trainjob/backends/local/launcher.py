@@ -7,15 +7,13 @@ one agent per node, with a static rendezvous on loopback.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from trainjob import contract
-
-LOOPBACK = "127.0.0.1"
+from trainjob.core.rank_env import LOOPBACK, rank_env
 
 
 @dataclass(frozen=True)
@@ -68,22 +66,8 @@ def plan_launch(
         # All ranks share this machine: without this each would start one thread per core
         # (torchrun only does so for several ranks per agent, not for several agents).
         env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // world)))
-    env.update(
-        {
-            contract.JOB_ID: job_id,
-            contract.JOB_DIR: str(job_dir),
-            contract.RUN_DIR: str(run_dir),
-            contract.ATTEMPT: str(attempt),
-            contract.TRACKING: "1" if spec.get("enable_progression_tracking") else "0",
-            contract.METRICS_PORT: str(spec.get("metrics_port") or 0),
-            contract.METRICS_HOST: metrics_host,
-            contract.CUSTOM_METRICS: json.dumps(spec.get("custom_metrics") or {}),
-            contract.SUBMIT_DIR: submit_dir,
-            contract.RESUME: "1" if resume else "0",
-            "MASTER_ADDR": LOOPBACK,
-            "MASTER_PORT": str(master_port),
-        }
-    )
+    env.update(rank_env(spec, job_id=job_id, job_dir=job_dir, attempt=attempt, resume=resume, run_dir=run_dir, metrics_host=metrics_host, submit_dir=submit_dir))
+    env.update({"MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(master_port)})
 
     plans = []
     for node in range(nnodes):
@@ -107,10 +91,3 @@ def plan_launch(
         plans.append(NodeLaunch(node, argv, node_env, job_dir / contract.WORKDIR, logs / f"node-{node}.log"))
     return plans
 
-
-def free_port(host: str = LOOPBACK) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

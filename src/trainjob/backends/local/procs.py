@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 from typing import Iterable
 
@@ -106,17 +105,3 @@ def recorded_processes(pids_dir: Path, pattern: str = "*.json") -> list[psutil.P
         if p is not None and p.pid != os.getpid():
             out.append(p)
     return out
-
-
-def wait_gone(pids: Iterable[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pids = list(pids)
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
-        time.sleep(0.05)
-
-
-def signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(os.getpgid(pid), sig)
-    except (ProcessLookupError, PermissionError):
-        pass

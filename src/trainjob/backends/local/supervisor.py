@@ -25,9 +25,12 @@ from trainjob.backends.local.collector import Collector
 from trainjob.backends.local.failures import NodeOutcome, collect_failures, describe_exit, summarize
 from trainjob.backends.local.hangs import Hang, HangWatch, dump_stacks, work_done
 from trainjob.backends.local.jobdir import JobDir
-from trainjob.backends.local.launcher import plan_launch, free_port
+from trainjob.backends.local.launcher import plan_launch
 from trainjob.backends.local.warm import client as warm_start
 from trainjob.checkpoints import checkpoint_step, latest_complete, list_checkpoints
+from trainjob.core import events
+from trainjob.core.outcome import describe_error, failure_message, result_record
+from trainjob.core.rank_env import free_port
 from trainjob.resources import local_capacity
 from trainjob.errors import TrainJobError
 from trainjob.store import Store
@@ -179,21 +182,13 @@ class Supervisor:
                 return JobStatus.COMPLETE, None, None
             error = attempt.hang_error or self._root_cause(attempt)
             first_error = first_error or error
-            cause = _describe_error(error, None)
-            self.store.add_event(self.job_id, "AttemptFailed", _describe_error(error, attempt.number), {"attempt": attempt.number, "error": error})
+            cause = describe_error(error)
+            self._event(events.attempt_failed(error, attempt.number))
             if attempt_no >= max_restarts:
-                msg = _describe_error(first_error, None)
-                if max_restarts:
-                    msg += f" (the first failure; {max_restarts} restart{'s' if max_restarts != 1 else ''} used, see the events for each attempt)"
-                return JobStatus.FAILED, msg, first_error
+                return JobStatus.FAILED, failure_message(first_error, max_restarts), first_error
             attempt_no += 1
             ckpt = latest_complete(self._output_dir())
-            self.store.add_event(
-                self.job_id,
-                "Restarting",
-                f"restart {attempt_no}/{max_restarts} after {cause}" + (f"; resuming from {ckpt.name}" if ckpt else "; no complete checkpoint yet: from the start"),
-                {"attempt": attempt_no, "checkpoint": str(ckpt) if ckpt else None, "step": checkpoint_step(ckpt) if ckpt else None},
-            )
+            self._event(events.restarting(attempt_no, max_restarts, cause, ckpt, checkpoint_step(ckpt) if ckpt else None))
             self._clear_attempt_files()
 
     def _launch(self, number: int, resume: bool, restarted_after: str | None = None) -> Attempt:
@@ -204,7 +199,7 @@ class Supervisor:
             job_id=self.job_id,
             job_dir=self.dir.root,
             attempt=number,
-            base_env=self.spec.get("base_env") or os.environ,
+            base_env=os.environ,
             python=self.python,
             master_port=free_port(),
             metrics_host=self.spec.get("metrics_host") or "127.0.0.1",
@@ -235,12 +230,7 @@ class Supervisor:
         ]
         message = f"attempt {number}: restarted after {restarted_after}" if restarted_after else None
         self.store.transition(self.job_id, JobStatus.RUNNING, attempt=number, steps=steps, message=message, queue_position=None)
-        self.store.add_event(
-            self.job_id,
-            "Started",
-            f"attempt {number}: {self.world} rank{'s' if self.world != 1 else ''} on {len(plans)} node{'s' if len(plans) != 1 else ''}" + (" (resuming)" if resume else ""),
-            {"attempt": number, "world_size": self.world, "pids": [n.pid for n in attempt.nodes], "resume": resume},
-        )
+        self._event(events.started(number, self.world, events.on_nodes(len(plans)), resume, pids=[n.pid for n in attempt.nodes]))
         if warm.reason:
             self.store.add_event(self.job_id, warm.reason, warm.message, warm.data)
         return attempt
@@ -629,43 +619,31 @@ class Supervisor:
         result = self._result()
         changed = self.store.transition(self.job_id, status, message=message, error=error, result=result)
         if changed:
-            reason = {JobStatus.COMPLETE: "Completed", JobStatus.FAILED: "Failed", JobStatus.STOPPED: "Stopped"}[status]
-            if error and error.get("type") == "DeadlineExceeded":
-                reason = "DeadlineExceeded"  # Kubeflow's reason for this failure
-            self.store.add_event(self.job_id, reason, message or f"job {status.value.lower()}", {"error": error} if error else {})
+            self._event(events.ended(status, message, error))
         return 0 if status == JobStatus.COMPLETE else 1
+
+    def _event(self, event: events.LifecycleEvent) -> None:
+        self.store.add_event(self.job_id, event.reason, event.message, event.data)
 
     def _attempt_no(self) -> int:
         job = self.store.get_job(self.job_id)
         return job.attempt if job else 0
 
     def _result(self) -> dict[str, Any]:
-        from trainjob.progress import merge_latest
-
         output_dir = self._output_dir()
-        end = (self.collector.last_event.get("TrainEnd") or {}).get("data", {})
-        train, evals = merge_latest(self.store.metrics(self.job_id), self.spec.get("custom_metrics"))
         ckpt = latest_complete(output_dir)
-        return {
-            "metrics": {**train, **evals},
-            "checkpoint": str(ckpt) if ckpt else None,
-            "best_checkpoint": end.get("best_model_checkpoint"),
-            "checkpoints": [str(p) for p in list_checkpoints(output_dir)],
-            "output_dir": output_dir or str(self.dir.workdir),
-            "log_dir": str(self.dir.logs_dir),
-            "global_step": end.get("global_step"),
-        }
+        return result_record(
+            metrics=self.store.metrics(self.job_id),
+            custom_metrics=self.spec.get("custom_metrics"),
+            train_end=(self.collector.last_event.get("TrainEnd") or {}).get("data"),
+            checkpoint=str(ckpt) if ckpt else None,
+            checkpoints=[str(p) for p in list_checkpoints(output_dir)],
+            output_dir=output_dir or str(self.dir.workdir),
+            log_dir=str(self.dir.logs_dir),
+        )
 
 def _last_lines(text: str, n: int) -> str:
     return "\n".join(text.splitlines()[-n:])
-
-
-def _describe_error(error: dict | None, attempt: int | None) -> str:
-    if not error:
-        return "failed"
-    where = f"rank {error['rank']}: " if error.get("rank") is not None else (f"node-{error['node']}: " if error.get("node") is not None else "")
-    pre = f"attempt {attempt}: " if attempt is not None else ""
-    return f"{pre}{where}{error.get('type')}: {error.get('message')}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainjob.backends.base import Backend, JobExtras
-from trainjob.backends.records import build_result, load_return_value, parse_log_step, utc
+from trainjob.backends.records import build_result, parse_log_step, utc
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.jobs_api import JobsAPI, JobsAPIError, RayJob
 from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
 from trainjob.config import RayBackendConfig
+from trainjob.core.records import load_return_value
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, SerializationError, ValidationError
 from trainjob.payload import dumps_payload
 from trainjob.resources import format_bytes
@@ -363,7 +364,7 @@ class RayBackend(Backend):
 
     def _record_lost_driver(self, snap: _Snapshot, ray_status: str) -> None:
         """The driver ended (or Ray forgot it) without recording an outcome: record one now, once."""
-        from trainjob.backends.ray.driver import compute_result, record_outcome
+        from trainjob.backends.ray.outcome import compute_result, record_outcome
 
         kv, keys = self.conn.kv, Keys(snap.job_id)
         fresh = kv.get_json(keys.outcome)  # it may have been written since our first read
@@ -493,7 +494,7 @@ class RayBackend(Backend):
             EventWriter(kv, keys, "cli")("StopRequested", "stop requested by the user")
         if snap.status == JobStatus.CREATED:
             # No driver yet to carry the stop out: have Ray cancel the job, and record it here.
-            from trainjob.backends.ray.driver import record_outcome
+            from trainjob.backends.ray.outcome import record_outcome
 
             self._ray_stop(job_id)
             record_outcome(kv, keys, EventWriter(kv, keys, "cli"), JobStatus.STOPPED, "stopped on request before it started", None, {"metrics": {}})

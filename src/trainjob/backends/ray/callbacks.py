@@ -13,7 +13,8 @@ import sys
 from ray.train import UserCallback
 
 from trainjob.backends.ray.state import KV, EventWriter, Keys
-from trainjob.backends.ray.worker import claim_first_error, error_record, job_secret_values, root_cause
+from trainjob.backends.ray.worker import claim_first_error, job_secret_values, root_cause
+from trainjob.core.records import error_record
 
 
 class FailureRecorder(UserCallback):
@@ -27,6 +28,6 @@ class FailureRecorder(UserCallback):
             kv, keys = KV.in_cluster(), Keys(self.job_id)
             attempt = max(0, len(kv.keys(keys.attempts())) - 1)
             rank, exc = root_cause(worker_exceptions)
-            claim_first_error(kv, keys, attempt, error_record(rank, exc, attempt, job_secret_values(kv, keys)), EventWriter(kv, keys, "ctl").write)
+            claim_first_error(kv, keys, attempt, error_record(rank, exc, job_secret_values(kv, keys), attempt=attempt), EventWriter(kv, keys, "ctl").write)
         except Exception as e:  # noqa: BLE001 - a callback must not break Ray Train's own failure handling
             print(f"[trainjob] could not record the failure: {e}", file=sys.stderr, flush=True)

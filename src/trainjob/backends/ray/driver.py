@@ -19,8 +19,11 @@ from typing import Any
 
 from trainjob import contract
 from trainjob.backends.ray import plan
-from trainjob.backends.ray.state import KV, EventWriter, Keys, dumps, last_event, read_events, read_metrics
-from trainjob.backends.ray.worker import describe_error, error_record, job_secret_values, root_cause
+from trainjob.backends.ray.outcome import checkpoints_of, compute_result, record_outcome
+from trainjob.backends.ray.state import KV, EventWriter, Keys, dumps, last_event, read_events
+from trainjob.backends.ray.worker import job_secret_values, root_cause
+from trainjob.core.outcome import failure_message
+from trainjob.core.records import error_record
 from trainjob.core.resume import carry_workdir
 from trainjob.types import JobStatus
 
@@ -181,11 +184,7 @@ class Driver:
         if exc is None:
             return JobStatus.COMPLETE, None, None
         first = self._first_error(exc)
-        msg = describe_error(first)
-        restarts = int(self.spec.get("max_restarts") or 0)
-        if restarts:
-            msg += f" (the first failure; {restarts} restart{'s' if restarts != 1 else ''} used, see the events for each attempt)"
-        return JobStatus.FAILED, msg, first
+        return JobStatus.FAILED, failure_message(first, int(self.spec.get("max_restarts") or 0)), first
 
     def _first_error(self, exc: BaseException) -> dict[str, Any]:
         """The first failure of the earliest failed attempt; else what Ray Train raised."""
@@ -198,9 +197,9 @@ class Driver:
         failures = getattr(exc, "worker_failures", None)
         if failures:
             rank, cause = root_cause(failures)
-            return error_record(rank, cause, attempt, job_secret_values(self.kv, self.keys))
+            return error_record(rank, cause, job_secret_values(self.kv, self.keys), attempt=attempt)
         inner = getattr(exc, "controller_failure", None)
-        return error_record(None, inner if isinstance(inner, BaseException) else exc, attempt, job_secret_values(self.kv, self.keys))
+        return error_record(None, inner if isinstance(inner, BaseException) else exc, job_secret_values(self.kv, self.keys), attempt=attempt)
 
     def _checkpoints(self) -> dict[str, Any]:
         return checkpoints_of(self.kv, self.keys)
@@ -219,52 +218,6 @@ class Driver:
         if message and status != JobStatus.COMPLETE:
             print(f"[trainjob] job {self.job_id} {status.value}: {message}", file=sys.stderr, flush=True)
         return 1 if status == JobStatus.FAILED else 0
-
-
-def checkpoints_of(kv: KV, keys: Keys) -> dict[str, Any]:
-    """Rank 0's report of its checkpoints, checked against the disk when this machine sees it."""
-    from trainjob.checkpoints import latest_complete, list_checkpoints
-
-    rec = dict(kv.get_json(keys.checkpoints) or {})
-    out = rec.get("output_dir")
-    if out is None:
-        begin = last_event(read_events(kv, keys), "TrainBegin")
-        out = rec["output_dir"] = ((begin or {}).get("data") or {}).get("output_dir")
-    if out and Path(out).is_dir():
-        ckpt = latest_complete(out)
-        rec["checkpoint"] = str(ckpt) if ckpt else None
-        rec["checkpoints"] = [str(p) for p in list_checkpoints(out)]
-    return rec
-
-
-def compute_result(kv: KV, keys: Keys, spec: dict[str, Any], default_output_dir: str | None) -> dict[str, Any]:
-    """The job's result from what its ranks reported: latest metrics, checkpoints, best checkpoint."""
-    from trainjob.progress import merge_latest
-
-    end = (last_event(read_events(kv, keys), "TrainEnd") or {}).get("data") or {}
-    train, evals = merge_latest(read_metrics(kv, keys), spec.get("custom_metrics"))
-    ckpts = checkpoints_of(kv, keys)
-    return {
-        "metrics": {**train, **evals},
-        "checkpoint": ckpts.get("checkpoint"),
-        "best_checkpoint": end.get("best_model_checkpoint") or ckpts.get("best_checkpoint"),
-        "checkpoints": ckpts.get("checkpoints") or [],
-        "output_dir": ckpts.get("output_dir") or default_output_dir,
-        "log_dir": None,
-        "global_step": end.get("global_step"),
-    }
-
-
-def record_outcome(kv: KV, keys: Keys, event: EventWriter, status: JobStatus, message: str | None, error: dict | None, result: dict) -> bool:
-    """Write the job's outcome unless one exists (a terminal status is final); the matching event if written."""
-    outcome = {"status": status.value, "message": message, "error": error, "result": result, "finished_at": time.time()}
-    if not kv.claim_json(keys.outcome, outcome):
-        return False
-    reason = {JobStatus.COMPLETE: "Completed", JobStatus.FAILED: "Failed", JobStatus.STOPPED: "Stopped"}[status]
-    if error and error.get("type") == "DeadlineExceeded":
-        reason = "DeadlineExceeded"  # Kubeflow's reason for this failure
-    event(reason, message or f"job {status.value.lower()}", {"error": error} if error else {})
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

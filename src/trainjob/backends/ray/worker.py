@@ -17,17 +17,19 @@ import os
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from trainjob import contract
 from trainjob.backends.ray.state import KV, Keys, writer_tag
-from trainjob.masking import join_spec, mask_text, secret_values
+from trainjob.core import events
+from trainjob.core.outcome import describe_error
+from trainjob.core.rank_env import free_port, rank_env
+from trainjob.core.records import dump_return_value, error_record, record_traceback
+from trainjob.masking import join_spec, secret_values
 
 FLUSH_INTERVAL = 0.25  # seconds between writes of queued reports to the GCS
 STOP_POLL = 0.5  # seconds between reads of the stop key
-TRACEBACK_LINES = 40
 MAX_RETURN_BYTES = 64 * 2**20  # a larger return value is reported by its repr
 
 
@@ -42,17 +44,7 @@ def train_loop(config: dict[str, Any]) -> None:
     attempt, stopped = _agree_on_attempt(kv, keys, info)
     tracking = bool(spec.get("enable_progression_tracking"))
     resume = attempt > 0 or bool(config.get("resume_from"))
-    os.environ.update(
-        {
-            contract.JOB_ID: job_id,
-            contract.JOB_DIR: str(job_dir),
-            contract.ATTEMPT: str(attempt),
-            contract.TRACKING: "1" if tracking else "0",
-            contract.METRICS_PORT: str(spec.get("metrics_port") or 0),
-            contract.CUSTOM_METRICS: _json(spec.get("custom_metrics") or {}),
-            contract.RESUME: "1" if resume else "0",
-        }
-    )
+    os.environ.update(rank_env(spec, job_id=job_id, job_dir=job_dir, attempt=attempt, resume=resume))
     os.environ.pop(contract.RUN_DIR, None)  # no run folder on Ray: reports go to the sink below
     sink = RaySink(kv, keys, attempt, source=f"r{info.rank}")
     sinks.set_current(sink)
@@ -91,8 +83,7 @@ def train_loop(config: dict[str, Any]) -> None:
         failure = e
     finally:
         if failure is not None:
-            shown = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
-            print(mask_text(shown, secret_values(hidden)), end="", file=sys.stderr, flush=True)  # secrets masked, as in the record
+            print(record_traceback(failure, secret_values(hidden)), end="", file=sys.stderr, flush=True)  # secrets masked, as in the record
             _record_error(kv, keys, sink, attempt, info.rank, failure)
         from trainjob.runtime.bootstrap import shutdown_distributed
 
@@ -131,7 +122,7 @@ def _agree_on_attempt(kv: KV, keys: Keys, info: contract.RankInfo) -> tuple[int,
         n = len(kv.keys(keys.attempts()))
         while not kv.claim_json(keys.attempt(n), {"attempt": n, "time": time.time(), "world_size": info.world_size}):
             n += 1
-        port = _free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")
+        port = free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")
         stop = int(kv.get(keys.stop) is not None)
     n, port, stop = _share_from_rank0(n, port, stop)
     if port:
@@ -158,14 +149,6 @@ def _share_from_rank0(*values: int) -> tuple[int, ...]:
         values = tuple(int(v) for v in t.tolist())
     dist.destroy_process_group()
     return values
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _register_rank(kv: KV, keys: Keys, attempt: int, info: contract.RankInfo) -> None:
@@ -198,25 +181,8 @@ def _announce(kv: KV, keys: Keys, sink: "RaySink", attempt: int, info: contract.
         cause = describe_error(prev) if prev else "a worker failed"
         ckpt = latest_complete(previous_output_dir(kv, keys))
         max_restarts = int((kv.get_json(keys.job) or {}).get("spec", {}).get("max_restarts") or 0)
-        sink.event(
-            {
-                "time": time.time(),
-                "reason": "Restarting",
-                "message": f"restart {attempt}/{max_restarts} after {cause}"
-                + (f"; resuming from {ckpt.name}" if ckpt else "; no complete checkpoint yet: from the start"),
-                "data": {"attempt": attempt, "checkpoint": str(ckpt) if ckpt else None, "step": checkpoint_step(ckpt) if ckpt else None},
-                "attempt": attempt,
-            }
-        )
-    sink.event(
-        {
-            "time": time.time(),
-            "reason": "Started",
-            "message": f"attempt {attempt}: {world} rank{'s' if world != 1 else ''} as Ray Train workers" + (" (resuming)" if resume else ""),
-            "data": {"attempt": attempt, "world_size": world, "resume": resume},
-            "attempt": attempt,
-        }
-    )
+        sink.event(events.restarting(attempt, max_restarts, cause, ckpt, checkpoint_step(ckpt) if ckpt else None).as_record(attempt))
+    sink.event(events.started(attempt, world, "as Ray Train workers", resume).as_record(attempt))
     sink.flush()
 
 
@@ -264,26 +230,6 @@ def _write_once(path: Path, fetch) -> None:
 
 
 # ---- errors and results --------------------------------------------------------------------
-def error_record(rank: int | None, exc: BaseException, attempt: int, known: Iterable[str] = ()) -> dict[str, Any]:
-    """The same record a local rank writes to ``errors/rank-N.json`` (type, message, traceback tail, hint).
-
-    ``known``: the job's secret values (``job_secret_values``), masked in the message and traceback.
-    """
-    from trainjob.runtime.hints import hint_for
-
-    tb = mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), known)
-    message = mask_text(str(exc) if not isinstance(exc, SystemExit) else f"exit code {exc.code}", known)
-    return {
-        "rank": rank,
-        "type": type(exc).__name__,
-        "message": message,
-        "traceback": "\n".join(tb.rstrip().splitlines()[-TRACEBACK_LINES:]),
-        "time": time.time(),
-        "hint": hint_for(type(exc).__name__, message),
-        "attempt": attempt,
-    }
-
-
 def job_secrets(kv: KV, keys: Keys) -> dict[str, Any]:
     """The real values of the job's masked spec fields (``<id>/secrets``); empty when none."""
     return kv.get_json(keys.secrets) or {}
@@ -294,34 +240,17 @@ def job_secret_values(kv: KV, keys: Keys) -> list[str]:
     return secret_values(job_secrets(kv, keys))
 
 
-def describe_error(error: dict[str, Any] | None, attempt: int | None = None) -> str:
-    """'attempt 0: rank 1: ValueError: boom' (the local supervisor's wording)."""
-    if not error:
-        return "failed"
-    where = f"rank {error['rank']}: " if error.get("rank") is not None else ""
-    pre = f"attempt {attempt}: " if attempt is not None else ""
-    return f"{pre}{where}{error.get('type')}: {error.get('message')}"
-
-
 def claim_first_error(kv: KV, keys: Keys, attempt: int, record: dict[str, Any], write_event) -> bool:
     """Record ``record`` as the first failure of ``attempt`` unless one is already; emit ``AttemptFailed`` if so."""
     if not kv.claim_json(keys.first_error(attempt), record):
         return False
-    write_event(
-        {
-            "time": time.time(),
-            "reason": "AttemptFailed",
-            "message": describe_error(record, attempt),
-            "data": {"attempt": attempt, "error": record},
-            "attempt": attempt,
-        }
-    )
+    write_event(events.attempt_failed(record, attempt).as_record(attempt))
     return True
 
 
 def _record_error(kv: KV, keys: Keys, sink: "RaySink", attempt: int, rank: int, exc: BaseException) -> None:
     try:
-        record = error_record(rank, exc, attempt, job_secret_values(kv, keys))
+        record = error_record(rank, exc, job_secret_values(kv, keys), attempt=attempt)
         kv.put_json(keys.error(attempt, rank), record)
         claim_first_error(kv, keys, attempt, record, sink.event)
         sink.flush()
@@ -354,14 +283,7 @@ def _report_checkpoints(kv: KV, keys: Keys, sink: "RaySink", attempt: int) -> No
 
 
 def _put_return_value(kv: KV, keys: Keys, value: Any) -> None:
-    import cloudpickle
-
-    try:
-        data = cloudpickle.dumps({"value": value})
-    except Exception as e:  # noqa: BLE001 - an unpicklable return value is reported, not fatal
-        data = cloudpickle.dumps({"value": None, "unpicklable": f"{type(value).__name__}: {e}", "repr": repr(value)[:2000]})
-    if len(data) > MAX_RETURN_BYTES:
-        data = cloudpickle.dumps({"value": None, "unpicklable": f"{len(data)} bytes is too large to keep in the Ray GCS", "repr": repr(value)[:2000]})
+    data = dump_return_value(value, MAX_RETURN_BYTES, "too large to keep in the Ray GCS")
     try:
         kv.put(keys.return_value, data)
     except Exception as e:  # noqa: BLE001

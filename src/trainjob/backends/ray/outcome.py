@@ -1,0 +1,57 @@
+"""A Ray job's result and outcome, written into the GCS by whoever ends the job first.
+
+Used by the driver (on the cluster) and by the client (``RayBackend``, when the driver died
+without recording an outcome), so it lives apart from both; the decisions are ``core``'s.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from trainjob.backends.ray.state import KV, EventWriter, Keys, last_event, read_events, read_metrics
+from trainjob.core import events
+from trainjob.core.outcome import result_record
+from trainjob.types import JobStatus
+
+
+def checkpoints_of(kv: KV, keys: Keys) -> dict[str, Any]:
+    """Rank 0's report of its checkpoints, checked against the disk when this machine sees it."""
+    from trainjob.checkpoints import latest_complete, list_checkpoints
+
+    rec = dict(kv.get_json(keys.checkpoints) or {})
+    out = rec.get("output_dir")
+    if out is None:
+        begin = last_event(read_events(kv, keys), "TrainBegin")
+        out = rec["output_dir"] = ((begin or {}).get("data") or {}).get("output_dir")
+    if out and Path(out).is_dir():
+        ckpt = latest_complete(out)
+        rec["checkpoint"] = str(ckpt) if ckpt else None
+        rec["checkpoints"] = [str(p) for p in list_checkpoints(out)]
+    return rec
+
+
+def compute_result(kv: KV, keys: Keys, spec: dict[str, Any], default_output_dir: str | None) -> dict[str, Any]:
+    """The job's result from what its ranks reported: latest metrics, checkpoints, best checkpoint."""
+    ckpts = checkpoints_of(kv, keys)
+    return result_record(
+        metrics=read_metrics(kv, keys),
+        custom_metrics=spec.get("custom_metrics"),
+        train_end=(last_event(read_events(kv, keys), "TrainEnd") or {}).get("data"),
+        checkpoint=ckpts.get("checkpoint"),
+        checkpoints=ckpts.get("checkpoints") or [],
+        output_dir=ckpts.get("output_dir") or default_output_dir,
+        log_dir=None,
+        best_checkpoint=ckpts.get("best_checkpoint"),
+    )
+
+
+def record_outcome(kv: KV, keys: Keys, event: EventWriter, status: JobStatus, message: str | None, error: dict | None, result: dict) -> bool:
+    """Write the job's outcome unless one exists (a terminal status is final); the matching event if written."""
+    outcome = {"status": status.value, "message": message, "error": error, "result": result, "finished_at": time.time()}
+    if not kv.claim_json(keys.outcome, outcome):
+        return False
+    ended = events.ended(status, message, error)
+    event(ended.reason, ended.message, ended.data)
+    return True

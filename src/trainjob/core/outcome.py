@@ -1,0 +1,73 @@
+"""A job's outcome: the reason recorded with it, the failure message, and the result record.
+
+Pure functions of what a backend observed; the backend stores what they return.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from trainjob.types import JobStatus
+
+_REASONS = {JobStatus.COMPLETE: "Completed", JobStatus.FAILED: "Failed", JobStatus.STOPPED: "Stopped"}
+
+
+def outcome_reason(status: JobStatus, error: Mapping[str, Any] | None) -> str:
+    """The event reason for a terminal status; a missed deadline is Kubeflow's ``DeadlineExceeded``."""
+    if error and error.get("type") == "DeadlineExceeded":
+        return "DeadlineExceeded"
+    return _REASONS[status]
+
+
+def describe_error(error: Mapping[str, Any] | None, attempt: int | None = None) -> str:
+    """'attempt 0: rank 1: ValueError: boom'; 'node-1: NodeLost: ...' when no rank is known."""
+    if not error:
+        return "failed"
+    if error.get("rank") is not None:
+        where = f"rank {error['rank']}: "
+    elif error.get("node") is not None:
+        where = f"node-{error['node']}: "
+    else:
+        where = ""
+    pre = f"attempt {attempt}: " if attempt is not None else ""
+    return f"{pre}{where}{error.get('type')}: {error.get('message')}"
+
+
+def failure_message(first_error: Mapping[str, Any] | None, max_restarts: int) -> str:
+    """The message of a job that failed for good: its first failure, and the restarts it used."""
+    msg = describe_error(first_error)
+    if max_restarts:
+        msg += f" (the first failure; {max_restarts} restart{'s' if max_restarts != 1 else ''} used, see the events for each attempt)"
+    return msg
+
+
+def result_record(
+    *,
+    metrics: Iterable[Mapping[str, Any]],
+    custom_metrics: Mapping[str, str] | None,
+    train_end: Mapping[str, Any] | None,
+    checkpoint: str | None,
+    checkpoints: Iterable[str],
+    output_dir: str | None,
+    log_dir: str | None,
+    best_checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """The result a backend stores at the end of a job (read back by ``backends.records.build_result``).
+
+    ``metrics``: every logged entry, in order (the latest value of each key wins);
+    ``train_end``: the data of the last ``TrainEnd`` event; ``best_checkpoint``: used when the
+    Trainer did not name one at its end.
+    """
+    from trainjob.progress import merge_latest
+
+    end = train_end or {}
+    train, evals = merge_latest(list(metrics), custom_metrics)
+    return {
+        "metrics": {**train, **evals},
+        "checkpoint": checkpoint,
+        "best_checkpoint": end.get("best_model_checkpoint") or best_checkpoint,
+        "checkpoints": list(checkpoints),
+        "output_dir": output_dir,
+        "log_dir": log_dir,
+        "global_step": end.get("global_step"),
+    }
