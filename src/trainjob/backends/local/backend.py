@@ -7,6 +7,8 @@ Failed with the reason (``reconcile``), so a status is never stuck.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import secrets
@@ -220,10 +222,11 @@ class LocalBackend(Backend):
             return []
         for row in self.store.list_jobs([s for s in JobStatus if not s.is_terminal]):
             self.reconcile(row)
-        rows = self.store.list_jobs(
-            query.status, labels=query.labels, name=query.name, newest_first=query.newest_first, limit=query.limit, offset=query.offset, brief=True
-        )
-        return [self._to_job(r) for r in rows]
+        with _no_gc_pauses():
+            rows = self.store.list_jobs(
+                query.status, labels=query.labels, name=query.name, newest_first=query.newest_first, limit=query.limit, offset=query.offset, brief=True
+            )
+            return [self._to_job(r) for r in rows]
 
     def count_jobs(self, query: JobQuery) -> int:
         """How many jobs ``query`` selects, paging aside."""
@@ -411,6 +414,19 @@ class StoredJob(TrainJob):
         self.__dict__["_spec"] = value
 
     spec = property(_get_spec, _set_spec)  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """Build a listing without the cyclic garbage collector's passes: 10,000 jobs are ~100,000 new
+    objects, none of them garbage, and the collector's scans of them took a third of the time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _elsewhere(row: JobRow) -> bool:
