@@ -227,8 +227,7 @@ def main() -> None:
         table(f"History of one job (median of {args.runs} calls; store MB: the whole store, {max(args.jobs):,} jobs included)", hist_rows, "entries")
         before = sum(p.stat().st_size for p in home.glob("trainjob.db*") if not p.name.endswith(".reserve"))
         store.delete_job(job)
-        store.db.call(lambda c: c.execute("PRAGMA incremental_vacuum").fetchall(), "vacuum")
-        store.db.call(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), "checkpoint")
+        store.compact()  # what `trainjob prune` does after deleting
         after = sum(p.stat().st_size for p in home.glob("trainjob.db*") if not p.name.endswith(".reserve"))
         print(f"\nstore size per 1M entries: {(before - after) / 2**20 / (max(args.entries) / 1e6):.0f} MB (the store shrank by that much when the {max(args.entries):,}-entry job was deleted)")
 

@@ -7,9 +7,11 @@ except where a test needs one. No timings here: they are in benchmarks/scale.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from trainjob import LocalBackendConfig, TrainerClient
 from trainjob.errors import JobNotFoundError, ValidationError
 from trainjob.store import JobRow, Store, history
 from trainjob.store.schema import MIGRATIONS
-from trainjob.types import JobStatus
+from trainjob.types import JobStatus, TrainJob
 
 T0 = 1_800_000_000.0
 SPEC = {"trainer": "CustomTrainer", "entrypoint": "func", "func": "train:main", "env": {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz"}, "resources": {"gpu": 0}, "initializers": []}
@@ -79,6 +81,11 @@ def test_a_listing_parses_no_spec_until_one_is_read(stocked):
     assert "_spec" in jobs[0].__dict__ and "_spec" not in jobs[1].__dict__
     assert jobs[0] == one and jobs[0].job_dir == one.job_dir and jobs[0].steps == one.steps
     assert jobs[0].steps[0].status == JobStatus.FAILED
+    # still a TrainJob everywhere: replaced, pickled (its spec parsed on the other side), as a dict
+    again = pickle.loads(pickle.dumps(jobs[1]))
+    assert again == jobs[1] and again.spec == one.spec and isinstance(again, TrainJob)
+    changed = dataclasses.replace(jobs[1], message="x")
+    assert changed.message == "x" and changed.spec == one.spec and dataclasses.asdict(changed)["spec"] == one.spec
 
 
 def test_listing_records_a_lost_job_before_filtering(home):
@@ -232,7 +239,7 @@ def test_prune_removes_old_ended_jobs_with_their_files_and_history_never_a_runni
     kept_newest = c.prune_jobs(older_than=30 * day, keep_last=2)  # keeps job-0003 and job-0002
     assert kept_newest.names == ["job-0001", "job-0000"]
     before, after = kept_newest.store_bytes
-    assert after < before  # the history's pages went back to the disk
+    assert after < before and store.db.call(lambda c: c.execute("PRAGMA freelist_count").fetchone()[0]) == 0  # freed pages went back to the disk
     assert not (home / "jobs" / "job-0000").exists() and (home / "jobs" / "job-0002").exists()
     assert store.metrics_count("job-0000") == 0 and store.events("job-0000") == []
     assert names(c.list_jobs()) == ["job-0004", "job-0002", "job-0003"]

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from trainjob import contract
 from trainjob.backends.base import Backend, JobExtras, JobQuery
@@ -328,44 +328,14 @@ class LocalBackend(Backend):
 
     # ---- conversion --------------------------------------------------------------------
     def _to_job(self, row: JobRow) -> TrainJob:
-        """The record of a row; a listing's row (spec left as text) gives a job whose spec is parsed on first read."""
-        gpu = (row.spec.get("resources") or {}).get("gpu") if row.spec is not None else row.spec_gpu
-        initializers = (row.spec.get("initializers") if row.spec is not None else row.spec_initializers) or []
-        device = "gpu" if gpu else "cpu"
-        steps = [
-            Step(
-                name=s["name"],
-                status=_STATUS_OF.get(s.get("status")) or row.status,
-                device=s.get("device", device),
-                device_count=int(s.get("device_count", row.procs_per_node)),
-                pids=(s["pid"],) if s.get("pid") else (),
-                pod_name=f"{row.id}-{s['name']}",
-            )
-            for s in row.steps or []
-        ] or [Step(f"node-{i}", row.status, device, row.procs_per_node, pod_name=f"{row.id}-node-{i}") for i in range(row.num_nodes)]
-        if initializers:
-            init = (row.extra or {}).get("initializers") or {}
-            steps = [Step(s["step"], JobStatus.parse(init.get(s["step"], "Created")), "cpu", 1, pod_name=f"{row.id}-{s['step']}") for s in initializers] + steps
-        fields = {
-            "id": row.id,
-            "name": row.name,
-            "status": row.status,
-            "backend": row.backend,
-            "created_at": utc(row.created_at),
-            "started_at": utc(row.started_at) if row.started_at else None,
-            "finished_at": utc(row.finished_at) if row.finished_at else None,
-            "num_nodes": row.num_nodes,
-            "procs_per_node": row.procs_per_node,
-            "attempt": row.attempt,
-            "steps": steps,
-            "message": row.message,
-            "queue_position": row.queue_position,
-            "runtime": self._runtime(),
-            "labels": dict(row.labels or {}),
-            "annotations": dict(row.annotations or {}),
-        }
-        # Stored masked; masked again (when read) for records written before the rules grew.
-        return StoredJob.make(fields, row.spec if row.spec is not None else row.spec_text, self.home)
+        """The record of a row: the fields a listing filters and sorts by at once, the rest
+        (times, steps, spec, labels...) computed from the row when first read (``StoredJob``)."""
+        job = object.__new__(StoredJob)  # every field set below or computed later: no per-field frozen __setattr__
+        job.__dict__.update(
+            id=row.id, name=row.name, status=row.status, backend=row.backend, num_nodes=row.num_nodes, procs_per_node=row.procs_per_node,
+            attempt=row.attempt, message=row.message, queue_position=row.queue_position, runtime=self._runtime(), _row=row, _home=self.home,
+        )  # fmt: skip
+        return job
 
     def _runtime(self):
         """This machine's runtime, detected once per backend (every job runs on it)."""
@@ -377,43 +347,81 @@ class LocalBackend(Backend):
 _STATUS_OF = {s.value: s for s in JobStatus}
 
 
-class StoredJob(TrainJob):
-    """A ``TrainJob`` read from the local store: its ``spec`` is parsed and masked on first read.
+class _FromRow:
+    """A field of a ``StoredJob`` computed from its row when first read, then kept.
 
-    A listing of 10,000 jobs then parses no spec at all. Everything else behaves as ``TrainJob``
-    (fields, equality between stored jobs, ``dataclasses.replace``, pickling).
+    Also the field's setter, so the dataclass ``__init__`` (``dataclasses.replace``, unpickling
+    an old pickle) can set it like any field.
     """
 
-    @classmethod
-    def make(cls, fields: dict[str, Any], spec: dict[str, Any] | str | None, home: Path) -> StoredJob:
-        job = object.__new__(cls)  # every field set here, as dataclasses' own copy does: no per-field frozen __setattr__
-        job.__dict__.update(fields)
-        job.__dict__["_spec_source"] = spec
-        job.__dict__["_home"] = home
-        return job
+    def __init__(self, compute: Callable[[StoredJob], Any]) -> None:
+        self.compute = compute
 
-    def _get_job_dir(self) -> Path | None:
-        d = self.__dict__
-        if "_job_dir" not in d:
-            d["_job_dir"] = JobDir.for_job(d.pop("_home"), self.id).root
-        return d["_job_dir"]
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = "_" + name
 
-    def _set_job_dir(self, value: Path | None) -> None:
-        self.__dict__["_job_dir"] = value
+    def __get__(self, job: StoredJob | None, owner: type | None = None) -> Any:
+        if job is None:
+            return self
+        d = job.__dict__
+        if self.key not in d:
+            d[self.key] = self.compute(job)
+        return d[self.key]
 
-    job_dir = property(_get_job_dir, _set_job_dir)  # type: ignore[assignment]
+    def __set__(self, job: StoredJob, value: Any) -> None:
+        job.__dict__[self.key] = value
 
-    def _get_spec(self) -> dict[str, Any]:
-        d = self.__dict__
-        if "_spec" not in d:
-            source = d.pop("_spec_source", None)
-            d["_spec"] = mask_spec(json.loads(source) if isinstance(source, str) else source or {})
-        return d["_spec"]
 
-    def _set_spec(self, value: dict[str, Any]) -> None:  # the dataclass __init__ (replace, unpickling)
-        self.__dict__["_spec"] = value
+def _steps(job: StoredJob) -> list[Step]:
+    row: JobRow = job.__dict__["_row"]
+    gpu = (row.spec.get("resources") or {}).get("gpu") if row.spec is not None else row.spec_gpu
+    initializers = (row.spec.get("initializers") if row.spec is not None else row.spec_initializers) or []
+    device = "gpu" if gpu else "cpu"
+    steps = [
+        Step(
+            name=s["name"],
+            status=_STATUS_OF.get(s.get("status")) or row.status,
+            device=s.get("device", device),
+            device_count=int(s.get("device_count", row.procs_per_node)),
+            pids=(s["pid"],) if s.get("pid") else (),
+            pod_name=f"{row.id}-{s['name']}",
+        )
+        for s in row.steps or []
+    ] or [Step(f"node-{i}", row.status, device, row.procs_per_node, pod_name=f"{row.id}-node-{i}") for i in range(row.num_nodes)]
+    if initializers:
+        init = (row.extra or {}).get("initializers") or {}
+        steps = [Step(s["step"], JobStatus.parse(init.get(s["step"], "Created")), "cpu", 1, pod_name=f"{row.id}-{s['step']}") for s in initializers] + steps
+    return steps
 
-    spec = property(_get_spec, _set_spec)  # type: ignore[assignment]
+
+def _spec(job: StoredJob) -> dict[str, Any]:
+    row: JobRow = job.__dict__["_row"]
+    spec = row.spec if row.spec is not None else json.loads(row.spec_text or "{}")
+    return mask_spec(spec)  # stored masked; masked again for records written before the rules grew
+
+
+def _time(column: str) -> Callable[[StoredJob], Any]:
+    def compute(job: StoredJob) -> Any:
+        ts = getattr(job.__dict__["_row"], column)
+        return utc(ts) if ts else None
+
+    return compute
+
+
+class StoredJob(TrainJob):
+    """A ``TrainJob`` read from the local store, holding its row: what a listing does not read is
+    not decoded. Its times, steps, spec (parsed and masked), labels, annotations and folder are
+    computed on first read, so 10,000 listed jobs parse no spec and build no step. Otherwise a
+    ``TrainJob`` (fields, equality between stored jobs, ``dataclasses.replace``, pickling)."""
+
+    created_at = _FromRow(_time("created_at"))  # type: ignore[assignment]
+    started_at = _FromRow(_time("started_at"))  # type: ignore[assignment]
+    finished_at = _FromRow(_time("finished_at"))  # type: ignore[assignment]
+    steps = _FromRow(_steps)  # type: ignore[assignment]
+    spec = _FromRow(_spec)  # type: ignore[assignment]
+    labels = _FromRow(lambda job: dict(job.__dict__["_row"].labels or {}))  # type: ignore[assignment]
+    annotations = _FromRow(lambda job: dict(job.__dict__["_row"].annotations or {}))  # type: ignore[assignment]
+    job_dir = _FromRow(lambda job: JobDir.for_job(job.__dict__["_home"], job.id).root)  # type: ignore[assignment]
 
 
 @contextlib.contextmanager
