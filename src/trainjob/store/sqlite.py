@@ -44,14 +44,14 @@ log = logging.getLogger(__name__)
 _JSON_COLUMNS = ("spec", "error", "result", "progress", "steps", "resources", "extra", "labels", "annotations")
 _TERMINAL_VALUES = tuple(s.value for s in JobStatus if s.is_terminal)
 # What a listing reads: no error, result, resources or progress, and the spec only as text (the
-# caller parses it if it is asked for), plus the two things a job's steps need from it.
+# caller parses it if it is asked for).
 _BRIEF_COLUMNS = (
     "id, name, backend, status, created_at, started_at, finished_at, attempt, num_nodes, procs_per_node, message, "
     "supervisor_pid, supervisor_start, supervisor_host, steps, queue_position, extra, labels, annotations, "
-    "NULL AS spec, spec AS spec_text, json_extract(spec, '$.resources.gpu') AS spec_gpu, json_extract(spec, '$.initializers') AS spec_initializers"
+    "NULL AS spec, spec AS spec_text"
 )
 _BRIEF_JSON = ("steps", "extra", "labels", "annotations")
-_LISTING_ONLY = ("spec_text", "spec_gpu", "spec_initializers")  # JobRow fields that are no columns
+_LISTING_ONLY = ("spec_text",)  # JobRow fields that are no columns
 
 LOCK_PATIENCE = 600.0  # seconds a call keeps retrying a locked database before it gives up
 BUSY_SLICE_MS = 2000  # SQLite's own wait per try (its busy handler); the retry loop spans the rest
@@ -96,10 +96,8 @@ class JobRow:
     labels: dict[str, str] | None = None  # options=[Labels(...)]
     annotations: dict[str, str] | None = None  # options=[Annotations(...)]
     # A listing's row (``Store.list_jobs(brief=True)``): ``spec`` is None, its JSON text is here
-    # (parsed only if someone asks), with the two fields a job's steps need.
+    # (parsed only if someone asks).
     spec_text: str | None = field(default=None, repr=False)
-    spec_gpu: Any = None
-    spec_initializers: list[dict[str, Any]] | None = None
 
 
 class Database:
@@ -554,7 +552,7 @@ def _brief_rows(c: sqlite3.Connection, q: str, args: list[Any]) -> list[JobRow]:
     cur.row_factory = None
     rows = cur.execute(q, args).fetchall()
     names = [d[0] for d in cur.description]
-    json_at = [i for i, n in enumerate(names) if n in _BRIEF_JSON or n == "spec_initializers"]
+    json_at = [i for i, n in enumerate(names) if n in _BRIEF_JSON]
     status_at, extra_at = names.index("status"), names.index("extra")
     parsed: dict[str | None, Any] = {None: None}
     new = object.__new__

@@ -374,9 +374,9 @@ class _FromRow:
 
 def _steps(job: StoredJob) -> list[Step]:
     row: JobRow = job.__dict__["_row"]
-    gpu = (row.spec.get("resources") or {}).get("gpu") if row.spec is not None else row.spec_gpu
-    initializers = (row.spec.get("initializers") if row.spec is not None else row.spec_initializers) or []
-    device = "gpu" if gpu else "cpu"
+    spec = row.spec if row.spec is not None else json.loads(row.spec_text or "{}")
+    initializers = spec.get("initializers") or []
+    device = "gpu" if (spec.get("resources") or {}).get("gpu") else "cpu"
     steps = [
         Step(
             name=s["name"],
