@@ -16,7 +16,7 @@ import pytest
 
 import jobs
 from trainjob import CustomTrainer, JobFailedError, resources
-from trainjob.backends.local import memlimit, procs
+from trainjob.backends.local import memlimit, procs, scheduler
 from trainjob.backends.local.scheduler import Assignment, LeaseBook, Machine, NodeAssignment, Request, acquire, assign, placement_env
 from trainjob.runtime import affinity
 from trainjob.store import JobRow, Store
@@ -67,9 +67,9 @@ def _job(store: Store, job_id: str, gpus: int) -> dict:
     return spec
 
 
-def _acquire_in_thread(store, job_id, spec, abort: threading.Event):
+def _acquire_in_thread(store, job_id, spec, should_abort, wake_dirs=()):
     out = {}
-    t = threading.Thread(target=lambda: out.setdefault("grant", acquire(store, job_id, spec, abort.is_set, poll_interval=0.05)), daemon=True)
+    t = threading.Thread(target=lambda: out.setdefault("grant", acquire(store, job_id, spec, should_abort, poll_interval=0.05, wake_dirs=wake_dirs)), daemon=True)
     t.start()
     return t, out
 
@@ -89,16 +89,19 @@ def test_gpus_are_assigned_in_order_and_freed(home, four_gpus):
     g1 = acquire(store, "job1", _job(store, "job1", 2), never.is_set)
     g2 = acquire(store, "job2", _job(store, "job2", 1), never.is_set)
     assert (g1.env["CUDA_VISIBLE_DEVICES"], g2.env["CUDA_VISIBLE_DEVICES"]) == ("0,1", "2")
-    t3, out3 = _acquire_in_thread(store, "job3", _job(store, "job3", 2), never)
-    t4, out4 = _acquire_in_thread(store, "job4", _job(store, "job4", 1), never)
+    t3, out3 = _acquire_in_thread(store, "job3", _job(store, "job3", 2), never.is_set)
+    t4, out4 = _acquire_in_thread(store, "job4", _job(store, "job4", 1), never.is_set)
     assert _wait(lambda: store.get_job("job4").queue_position == 2)
     # GPU 3 is free, but job4 may not overtake job3 (first come, first served).
     j3, j4 = store.get_job("job3"), store.get_job("job4")
     assert (j3.status, j3.queue_position, j4.status) == (JobStatus.QUEUED, 1, JobStatus.QUEUED)
     assert "needs 2 GPUs" in j3.message and "1 of 4 GPUs" in j3.message
     assert "1 job ahead" in j4.message
+    released = time.monotonic()
     g1.release()
     t3.join(5), t4.join(5)
+    # The waiters slept until the release rang the queue (they look on their own only every RECHECK_INTERVAL).
+    assert time.monotonic() - released < min(2.0, scheduler.RECHECK_INTERVAL)
     assert out3["grant"].env["CUDA_VISIBLE_DEVICES"] == "0,1" and out4["grant"].env["CUDA_VISIBLE_DEVICES"] == "3"
     for g in (g2, out3["grant"], out4["grant"]):
         g.release()
@@ -115,13 +118,13 @@ def test_a_job_asking_for_no_gpu_sees_none(home, four_gpus):
     assert "sees none" in store.events("job1")[-1]["message"]
 
 
-def test_abort_while_queued_returns_at_once_and_leaves_no_lease(home, four_gpus):
+def test_abort_while_queued_returns_at_once_and_leaves_no_lease(home, four_gpus, tmp_path):
     store = Store(home / "trainjob.db")
     held = acquire(store, "job1", _job(store, "job1", 4), lambda: False)
-    abort = threading.Event()
-    t, out = _acquire_in_thread(store, "job2", _job(store, "job2", 1), abort)
+    stop = tmp_path / "stop"  # as the supervisor's stop request: a file in a folder the wait watches
+    t, out = _acquire_in_thread(store, "job2", _job(store, "job2", 1), stop.exists, wake_dirs=[tmp_path])
     assert _wait(lambda: store.get_job("job2").status == JobStatus.QUEUED)
-    abort.set()
+    stop.touch()
     t.join(2)
     assert not t.is_alive() and out["grant"].env == {}
     book = LeaseBook(store.path)

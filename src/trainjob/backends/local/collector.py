@@ -12,16 +12,14 @@ plain sleep of ``COLLECT_INTERVAL``.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import os
-import select
 import time
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 from trainjob import contract
+from trainjob.backends.local.watch import ChangeWatch
 from trainjob.store import Store
 
 COLLECT_INTERVAL = 0.25  # seconds: the shortest time between two collections
@@ -44,7 +42,7 @@ class Collector:
         self._progress_ino: int | None = None  # the progress file being read (a new one after rank 0 starts it afresh)
         self._progress_offset = 0  # bytes of it already read
         self._progress_seen: tuple[int, int, int] | None = None  # (inode, size, mtime) at the last read
-        self._changes: _RunFolderWatch | None = None
+        self._changes: ChangeWatch | None = None
         self._last_wake = -float("inf")
         self._endpoint_seen = False
         self.last_event: dict[str, dict[str, Any]] = {}  # reason -> latest event (TrainEnd, Save...)
@@ -78,12 +76,12 @@ class Collector:
         if now < self._last_wake + interval:
             time.sleep(self._last_wake + interval - now)
         if self._changes is None:
-            self._changes = _RunFolderWatch.start(self.run_dir)
+            self._changes = ChangeWatch.start([self.run_dir, self.run_dir / contract.ERRORS_DIR])
         if self._changes.fd is None:
             self._last_wake = time.monotonic()  # no inotify here: poll every interval
             return
         timeout = max(0.0, self._last_wake + max(interval, IDLE_INTERVAL) - time.monotonic())
-        self._changes.wait([p for p in processes if p.returncode is None], timeout)
+        self._changes.wait([p.pid for p in processes if p.returncode is None], timeout)
         self._last_wake = time.monotonic()
 
     def close(self) -> None:
@@ -167,72 +165,3 @@ class Collector:
             except ValueError:
                 continue
         return out
-
-
-class _RunFolderWatch:
-    """Wakes a waiter when a file in the run folder (or its ``errors`` folder) changes, or when a
-    watched process exits: an inotify descriptor (ctypes, Linux) and one pidfd per process.
-    ``fd`` is None where inotify is not available; the caller then polls."""
-
-    _MASK = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200  # IN_MODIFY IN_ATTRIB IN_CLOSE_WRITE IN_MOVED_TO IN_CREATE IN_DELETE
-
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
-        self._pidfds: dict[int, int] = {}  # pid -> pidfd
-
-    @classmethod
-    def start(cls, run_dir: Path) -> "_RunFolderWatch":
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        except (OSError, AttributeError):
-            return cls(None)
-        if fd < 0:
-            return cls(None)
-        watched = 0
-        for folder in (run_dir, run_dir / contract.ERRORS_DIR):
-            if libc.inotify_add_watch(fd, os.fsencode(folder), cls._MASK) >= 0:
-                watched += 1
-        if not watched:
-            os.close(fd)
-            return cls(None)
-        return cls(fd)
-
-    def wait(self, processes: list[_Process], timeout: float) -> None:
-        """Block until something changed, a process exited, or ``timeout`` seconds passed."""
-        assert self.fd is not None
-        fds = [self.fd]
-        alive = {p.pid for p in processes}
-        for pid in list(self._pidfds):
-            if pid not in alive:
-                os.close(self._pidfds.pop(pid))
-        for pid in alive:
-            if pid not in self._pidfds:
-                try:
-                    self._pidfds[pid] = os.pidfd_open(pid)
-                except (OSError, AttributeError):
-                    continue  # already reaped, or no pidfd here: the timeout bounds the wait
-            fds.append(self._pidfds[pid])
-        try:
-            ready, _, _ = select.select(fds, [], [], timeout)
-        except (OSError, ValueError):
-            time.sleep(min(timeout, COLLECT_INTERVAL))
-            return
-        if self.fd in ready:
-            self._drain()
-
-    def _drain(self) -> None:
-        assert self.fd is not None
-        while True:
-            try:
-                if not os.read(self.fd, 4096):
-                    return
-            except OSError as e:
-                if e.errno != errno.EINTR:
-                    return  # EAGAIN: drained
-
-    def close(self) -> None:
-        for fd in [self.fd, *self._pidfds.values()]:
-            if fd is not None:
-                os.close(fd)
-        self.fd, self._pidfds = None, {}

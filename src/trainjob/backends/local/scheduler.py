@@ -3,11 +3,17 @@
 Every job's supervisor is its own process, so the books are kept where all of them can see them:
 the ``leases`` table of the SQLite store, changed only in ``BEGIN IMMEDIATE`` transactions (one
 writer at a time). A job that asks for resources enters the queue (a ``waiting`` lease); each
-time any supervisor looks at the queue (every ``POLL_INTERVAL`` while it waits, and when it
-releases), the waiting leases are granted **strictly in order of job creation** while they fit:
+time any supervisor looks at the queue (when it enters it, when it releases, and when a waiting
+one is woken), the waiting leases are granted **strictly in order of job creation** while they fit:
 the first one that does not fit stops the walk, so small jobs never overtake (and starve) a large
 one. Waiting jobs are ``Queued`` with their ``queue_position`` (1 = next) and a message saying
 what they wait for.
+
+A waiting supervisor does not poll the table: it sleeps (``watch.ChangeWatch``) until a pass that
+changed the leases rings the queue (touches ``<home>/queue/changed``), a process holding a lease
+exits (a pidfd: its lease is reclaimed), its own stop file appears, or ``RECHECK_INTERVAL``
+passes (a missed ring, a home on a disk without inotify). Without inotify it looks every
+``POLL_INTERVAL``.
 
 What a job costs, per node, times ``num_nodes`` (local nodes share the machine):
 
@@ -41,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from trainjob.backends.local import memlimit, procs
+from trainjob.backends.local.watch import ChangeWatch
 from trainjob.errors import BackendError
 from trainjob import resources
 from trainjob import contract
@@ -48,7 +55,9 @@ from trainjob.resources import format_bytes
 from trainjob.store.sqlite import Database
 from trainjob.types import JobStatus
 
-POLL_INTERVAL = 0.25  # seconds between two looks at the queue while waiting
+POLL_INTERVAL = 0.25  # seconds between two looks at the queue while waiting, where inotify is not available
+RECHECK_INTERVAL = 5.0  # seconds: the longest a waiting supervisor sleeps without an event
+RING_DIR = "queue"  # under TRAINJOB_HOME: ``changed`` is touched after every pass that changed a lease
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _WAITING, _HELD = "waiting", "held"
 
@@ -267,6 +276,16 @@ class LeaseBook:
         self.home = self.db_path.parent
         self.db = Database(self.db_path)
         self.host = procs.this_host()
+        self.ring_dir = self.home / RING_DIR
+        self.ring_dir.mkdir(mode=0o700, exist_ok=True)
+        self.holders: list[int] = []  # pids holding a lease on this host, as of the last pass
+
+    def ring(self) -> None:
+        """Wake the waiting supervisors: the leases changed (one may now be granted, or may fit)."""
+        try:
+            (self.ring_dir / "changed").touch()
+        except OSError:
+            pass  # they look again within RECHECK_INTERVAL
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -298,6 +317,7 @@ class LeaseBook:
 
         held = self._tx(run)
         self.advance(Machine.detect())
+        self.ring()
         return held
 
     def set_cgroups(self, job_id: str, assignment: Assignment, cgroups: list[str]) -> None:
@@ -310,10 +330,12 @@ class LeaseBook:
         Returns ``job_id``'s state afterwards (None if it has no lease).
         """
         dead: list[_Dead] = []
+        changed: list[str] = []  # leases granted or removed by this pass
 
         def first_pass() -> _QueueState | None:
             dead.clear()  # a retried transaction starts over
-            return self._pass(machine, job_id, dead)
+            changed.clear()
+            return self._pass(machine, job_id, dead, changed)
 
         state = self._tx(first_pass)
         for d in dead:  # outside the transaction: ending processes takes time
@@ -321,10 +343,12 @@ class LeaseBook:
                 procs.kill_tree(d.orphans, grace=2.0)
             memlimit.remove_cgroups(list((d.assigned or {}).get("cgroups") or []))
         if any(d.orphans for d in dead):  # their leases can go now
-            state = self._tx(lambda: self._pass(machine, job_id, []))
+            state = self._tx(lambda: self._pass(machine, job_id, [], changed))
+        if changed:
+            self.ring()
         return state
 
-    def _pass(self, machine: Machine, job_id: str | None, dead: list[_Dead]) -> _QueueState | None:
+    def _pass(self, machine: Machine, job_id: str | None, dead: list[_Dead], changed: list[str]) -> _QueueState | None:
         rows = self.conn.execute(
             "SELECT * FROM leases WHERE holder_host IS NULL OR holder_host = ? ORDER BY job_created, job_id", (self.host,)
         ).fetchall()
@@ -340,7 +364,9 @@ class LeaseBook:
                 live.append(r)  # still in use until they are ended
             else:
                 self.conn.execute("DELETE FROM leases WHERE job_id = ?", (r["job_id"],))
+                changed.append(r["job_id"])
         held = [_assignment_of(r) for r in live if r["state"] == _HELD]
+        self.holders = [r["holder_pid"] for r in live if r["state"] == _HELD]
         waiting = [r for r in live if r["state"] == _WAITING]
         now = time.time()
         mine: _QueueState | None = None
@@ -352,6 +378,7 @@ class LeaseBook:
                 break
             self.conn.execute("UPDATE leases SET state = ?, assigned = ?, since = ? WHERE job_id = ?", (_HELD, json.dumps({"nodes": a.to_json()}), now, r["job_id"]))
             held.append(a)
+            changed.append(r["job_id"])
             if r["job_id"] == job_id:
                 mine = _QueueState(a, None, None)
         free = free_resources(machine, held)
@@ -414,12 +441,24 @@ class Grant:
     assignment: Assignment | None = None
 
 
-def acquire(store: Any, job_id: str, spec: Mapping[str, Any], should_abort: Callable[[], bool], poll_interval: float = POLL_INTERVAL) -> Grant:
+def acquire(
+    store: Any,
+    job_id: str,
+    spec: Mapping[str, Any],
+    should_abort: Callable[[], bool],
+    poll_interval: float = POLL_INTERVAL,
+    wake_dirs: Iterable[Path] = (),
+) -> Grant:
     """Wait until a job's resources are free, take them, and say how its ranks use them. Runs in the supervisor.
 
     While it waits the job is ``Queued`` with its position. Returns an empty Grant at once for a
     job that asks for nothing, and as soon as ``should_abort()`` is true (the job was stopped
     while queued). Raises SchedulingError if the request can never fit this machine.
+
+    The wait sleeps until an event (see the module's docstring): ``should_abort`` is asked after
+    each one, so what makes it true must change a file in ``wake_dirs`` (the supervisor's stop
+    file is in its run folder) or it is seen within ``RECHECK_INTERVAL``; the job's
+    ``active_deadline_seconds`` shortens the sleep so the deadline is seen when it passes.
     """
     req = Request.from_spec(spec)
     machine = Machine.detect()
@@ -432,10 +471,14 @@ def acquire(store: Any, job_id: str, spec: Mapping[str, Any], should_abort: Call
     if problem:
         raise SchedulingError(problem)
     job = store.get_job(job_id)
+    created = job.created_at if job else time.time()
+    limit_s = spec.get("active_deadline_seconds")
+    deadline = created + float(limit_s) if limit_s else None
     book = LeaseBook(store.path)
+    watch = ChangeWatch.start([book.ring_dir, *wake_dirs])  # before the first pass: no ring is missed
     t0 = time.monotonic()
     try:
-        book.enqueue(job_id, job.created_at if job else time.time(), req)
+        book.enqueue(job_id, created, req)
         last: tuple | None = None
         while True:
             state = book.advance(machine, job_id)
@@ -452,7 +495,11 @@ def acquire(store: Any, job_id: str, spec: Mapping[str, Any], should_abort: Call
                 book.withdraw(job_id)
                 book.close()
                 return Grant()
-            time.sleep(poll_interval)
+            if watch.fd is None:
+                time.sleep(poll_interval)
+            else:
+                timeout = RECHECK_INTERVAL if deadline is None else min(RECHECK_INTERVAL, max(0.0, deadline - time.time()) + 0.01)
+                watch.wait(book.holders, timeout)
         waited = time.monotonic() - t0
         limit = None
         if req.memory:
@@ -465,6 +512,8 @@ def acquire(store: Any, job_id: str, spec: Mapping[str, Any], should_abort: Call
         finally:
             book.close()
         raise
+    finally:
+        watch.close()
     assignment = state.assigned
     env = placement_env(req, assignment, machine, user_env, limit.cgroups if limit else None)
     granted = {"nodes": assignment.to_json(), "request": req.to_json(), "waited_seconds": round(waited, 3)}

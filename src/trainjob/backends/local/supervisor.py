@@ -149,7 +149,7 @@ class Supervisor:
         """Wait in the local scheduler until the job's CPUs/GPUs/memory are free. Returns a release callable."""
         from trainjob.backends.local import scheduler
 
-        grant = scheduler.acquire(self.store, self.job_id, self.spec, should_abort=self._stopping)
+        grant = scheduler.acquire(self.store, self.job_id, self.spec, should_abort=self._stopping, wake_dirs=[self.dir.run_dir])
         self.extra_env.update(grant.env)
         self.grant = grant
         return grant.release
