@@ -396,3 +396,22 @@ def check_local_home(config: LocalBackendConfig | None = None) -> list[Any]:
 
     config = config or LocalBackendConfig()
     return run_checks(Path(config.home).expanduser() if config.home else contract.home())
+
+
+def list_package_envs(home: Any = None) -> list[Any]:
+    """The local backend's cached package environments (built for ``packages_to_install``) under
+    ``home`` (default: ``TRAINJOB_HOME``), most recently used first: what ``trainjob envs ls``
+    prints. One ``trainjob.backends.local.envs.EnvInfo`` each. Reads only."""
+    from trainjob import contract
+    from trainjob.backends.local.envs import list_envs
+
+    return list_envs(home or contract.home())
+
+
+def prune_package_envs(home: Any = None, older_than: float | None = None) -> list[Any]:
+    """Remove the cached package environments no running job uses (only those unused for
+    ``older_than`` seconds, if given); returns what was removed. Safe while jobs run."""
+    from trainjob import contract
+    from trainjob.backends.local.envs import prune_envs
+
+    return prune_envs(home or contract.home(), older_than=older_than)

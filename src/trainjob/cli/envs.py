@@ -9,33 +9,23 @@ from __future__ import annotations
 import dataclasses
 import re
 from datetime import datetime, timezone
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from trainjob import contract
 from trainjob.cli import common
-from trainjob.cli.common import EXIT_FAILED, EXIT_USAGE, CliExit, Output, OutputOpt, err, out
+from trainjob.cli.common import EXIT_USAGE, CliExit, Output, OutputOpt, err, out
 from trainjob.cli.records import iso, jsonable
 from trainjob.cli.render import fmt_age, fmt_duration
+from trainjob.client import list_package_envs, prune_package_envs
 from trainjob.resources import format_bytes
 
 app = typer.Typer(help="Cached package environments (built for --pkg / packages_to_install).", no_args_is_help=True)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-
-
-def _function(name: str) -> Callable[..., Any]:
-    try:
-        from trainjob.backends.local import envs
-    except ImportError as e:  # pragma: no cover - the module ships with trainjob
-        raise CliExit(EXIT_FAILED, f"error: package environments are not available: {e}") from None
-    fn = getattr(envs, name, None)
-    if fn is None:
-        raise CliExit(EXIT_FAILED, f"error: this trainjob has no cached package environments (trainjob.backends.local.envs.{name} is missing)")
-    return fn
 
 
 def _home():
@@ -82,7 +72,7 @@ def parse_duration(text: str) -> float:
 @app.command("ls")
 def ls(output: OutputOpt = Output.table) -> None:
     """List cached environments, most recently used first: packages, index, size, last use."""
-    records = [env_record(e) for e in _function("list_envs")(_home())]
+    records = [env_record(e) for e in list_package_envs(_home())]
     if output is Output.json:
         common.dump(records)
     elif not records:
@@ -106,7 +96,7 @@ def prune(
             seconds = parse_duration(older_than)
         except ValueError as e:
             raise CliExit(EXIT_USAGE, f"error: {e}") from None
-    records = [env_record(e) for e in _function("prune_envs")(_home(), older_than=seconds)]
+    records = [env_record(e) for e in prune_package_envs(_home(), older_than=seconds)]
     if output is Output.json:
         common.dump(records)
     elif not records:

@@ -277,7 +277,7 @@ def demo(
     trainer = TransformersTrainer(func="trainjob.demo:train_tiny_gpt2", func_args={"max_steps": steps}, env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
     c = common.client()
     if name is None:
-        from trainjob.backends.local.backend import new_job_id
+        from trainjob.core.names import new_job_id
 
         name = f"demo-{new_job_id()[:6]}"
     try:

@@ -11,10 +11,8 @@ import contextlib
 import gc
 import json
 import os
-import secrets
 import signal
 import sqlite3
-import string
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from trainjob.backends.local import logs, procs
 from trainjob.backends.local.jobdir import JobDir
 from trainjob.backends.records import build_result, utc
 from trainjob.config import LocalBackendConfig, bind_host_problem, warm_config_problems
+from trainjob.core.names import name_in_use, new_job_id
 from trainjob.core.records import load_return_value
 from trainjob.core.resume import carry_workdir
 from trainjob.errors import JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
@@ -37,19 +36,7 @@ from trainjob.store import JobRow, Store
 from trainjob.trainers import CustomTrainer
 from trainjob.types import Event, JobStatus, LogChunk, Result, Step, TrainJob
 
-_ALPHA = string.ascii_lowercase
-_ALNUM = string.ascii_lowercase + string.digits
 SUPERVISOR_START_GRACE = 60.0  # seconds a new job may wait for its supervisor to record itself
-
-
-def new_job_id() -> str:
-    """12 characters, ``[a-z][a-z0-9]{11}``: valid as a Kubernetes name and a folder name."""
-    return secrets.choice(_ALPHA) + "".join(secrets.choice(_ALNUM) for _ in range(11))
-
-
-def name_in_use(name: str) -> Problem:
-    """The problem of a ``Name`` another job of the backend already has."""
-    return Problem("Name", name, "a name no other job has (names are unique, like Kubernetes names): choose another, or delete that job first")
 
 
 class LocalBackend(Backend):

@@ -168,7 +168,7 @@ class RayBackend(Backend):
 
     # ---- submit ------------------------------------------------------------------------
     def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None, extras: JobExtras | None = None) -> str:
-        from trainjob.backends.local.backend import name_in_use, new_job_id
+        from trainjob.core.names import name_in_use, new_job_id
 
         extras = extras or JobExtras()
         if extras.initializers:  # the client refuses them first (trainjob.initializers.plan)
