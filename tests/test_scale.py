@@ -73,6 +73,19 @@ def test_list_jobs_filters_orders_and_pages_in_the_store(stocked):
     assert {p.field for p in e.value.problems} == {"limit", "offset"}
 
 
+def test_the_in_memory_paging_of_other_backends_agrees_with_the_store(stocked):
+    """``Backend.query_jobs`` (what the Ray backend uses: filters and pages over ``list_jobs``)
+    selects what the local store's SQL does."""
+    from trainjob.backends.base import Backend, JobQuery
+
+    local = stocked.backend
+    for q in (
+        JobQuery(), JobQuery(limit=4, offset=3), JobQuery(newest_first=True, limit=5), JobQuery(status={JobStatus.FAILED}, newest_first=True, offset=2),
+        JobQuery(labels={"team": "cv"}, name="job-00[12]*"), JobQuery(name="job-0007"), JobQuery(runtime=local._runtime().name, limit=1),
+    ):  # fmt: skip
+        assert names(Backend.query_jobs(local, q)) == names(local.query_jobs(q)), q
+
+
 def test_a_listing_parses_no_spec_until_one_is_read(stocked):
     jobs = stocked.list_jobs(limit=2)
     assert all("_spec" not in j.__dict__ for j in jobs)  # the spec is still text
