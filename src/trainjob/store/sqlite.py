@@ -342,6 +342,16 @@ class Store:
         r = self.db.call(lambda c: c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), "read job")
         return _decode(r) if r else None
 
+    def ended_progress(self, job_id: str) -> tuple[dict[str, Any] | None] | None:
+        """``(progress,)`` of a job that has ended; None for one that has not (or no such job).
+
+        A listing shows 50 or 100 jobs' progress: this reads one column, not the whole row."""
+        marks = ", ".join("?" for _ in _TERMINAL_VALUES)
+        r = self.db.call(lambda c: c.execute(f"SELECT progress FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *_TERMINAL_VALUES)).fetchone(), "read job")
+        if r is None:
+            return None
+        return (json.loads(r[0]) if r[0] is not None else None,)
+
     def has_job(self, job_id: str) -> bool:
         return self.db.call(lambda c: c.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone(), "read job") is not None
 

@@ -226,6 +226,9 @@ class LocalBackend(Backend):
         return [Event(utc(e["time"]), e["reason"], e["message"], e["data"], involved_object_name=job_id) for e in self.store.events(job_id)]
 
     def get_job_progress(self, job_id: str) -> dict[str, Any] | None:
+        ended = self.store.ended_progress(job_id) if isinstance(job_id, str) else None
+        if ended is not None:  # an ended job needs no reconciling: read its progress alone
+            return ended[0]
         return self._row(job_id).progress
 
     def get_job_metrics(self, job_id: str) -> list[dict[str, Any]]:
