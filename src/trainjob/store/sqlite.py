@@ -438,7 +438,7 @@ class Store:
     def compact(self) -> tuple[int, int]:
         """Give the pages of deleted rows back to the file system; the store's size before and after.
 
-        A store made with incremental auto-vacuum (every store since schema v5) frees them at
+        A store made with incremental auto-vacuum (every store created since schema v6) frees them at
         once (``PRAGMA incremental_vacuum``); an older one is converted first by one ``VACUUM``
         (it rewrites the file: seconds for a large store, and other writers wait meanwhile). The
         write-ahead log is then checkpointed and truncated.
@@ -507,15 +507,6 @@ class Store:
         """The job's logged entries from position ``after`` on (0: the first), at most ``limit``, in order."""
         stop = None if limit is None else after + max(0, limit)
         return self.db.call(lambda c: history.read(c, job_id, after, stop), "read metrics")
-
-    def metrics_tail(self, job_id: str, n: int) -> tuple[int, list[dict[str, Any]]]:
-        """The last ``n`` entries, and the position of the first of them."""
-
-        def run(c: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
-            start = max(0, history.count(c, job_id) - max(0, n))
-            return start, history.read(c, job_id, start)
-
-        return self.db.call(run, "read metrics")
 
     def metrics_count(self, job_id: str) -> int:
         return self.db.call(lambda c: history.count(c, job_id), "count metrics")
