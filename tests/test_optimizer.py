@@ -169,6 +169,20 @@ def test_a_diverging_learning_rate_is_pruned_and_keeps_its_checkpoint(oc):
     assert bad.step is not None and bad.step <= steps < 20  # it trained less than the full run
     assert any(e.reason == "TrialPruned" and e.involved_object_name == bad.name for e in oc.get_job_events(name))
 
+    # The dashboard's page of it: every trial's curve, read after what the page already has.
+    from starlette.testclient import TestClient
+
+    from trainjob.dashboard.server import DashboardConfig, create_app
+
+    web = TestClient(create_app(TrainerClient(), DashboardConfig(no_auth=True)), base_url="http://127.0.0.1")
+    page = web.get(f"/api/optimizations/{name}").json()
+    assert page["best_trial"]["name"] == good.name and [t["status"] for t in page["trials"]] == ["Complete", "Pruned"]
+    assert [p[0] for p in page["curves"][good.name]["points"]] == [5, 10, 15, 20]
+    assert page["curves"][bad.name]["points"][0][0] == 5 and max(p[0] for p in page["curves"][bad.name]["points"]) < 20
+    cursor = ",".join(f"{k}:{v['after']}" for k, v in page["curves"].items())
+    assert all(c["points"] == [] for c in web.get(f"/api/optimizations/{name}?after={cursor}").json()["curves"].values())
+    assert web.get("/optimizations/" + name).status_code == 200 and web.get("/api/optimizations/nope").status_code == 404
+
 
 def test_resume_after_kill_9_repeats_no_finished_trial_and_a_failed_trial_counts(oc):
     template = TrainJobTemplate(trainer=CustomTrainer(func=hpo_jobs.quadratic, func_args={"sleep": 1.0}))
@@ -217,3 +231,29 @@ def test_parallel_trials_wait_queued_for_the_scheduler(oc):
     a, b = sorted((t.trainjob for t in job.trials), key=lambda j: j.started_at)
     assert a.created_at.timestamp() == pytest.approx(b.created_at.timestamp(), abs=5)  # submitted together
     assert b.started_at >= a.finished_at  # ran one after the other
+
+
+def test_cli_optimizes_a_script_and_lists_studies_and_trials(opt_home, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text("import argparse\np = argparse.ArgumentParser(); p.add_argument('--x', type=float); p.add_argument('--k', type=int)\n"
+                      "a = p.parse_args()\nprint(f'loss={(a.x - 1) ** 2 + a.k}')\n")  # fmt: skip
+    cli = [sys.executable, "-m", "trainjob.cli.main"]
+    run = subprocess.run(cli + ["optimize", "--param", "x=uniform:0:2", "--param", "k=choice:0,1", "--trials", "3", "--algorithm", "tpe",
+                                "--seed", "1", "--metric", "loss", "--name", "cli-study", "--wait", "-o", "json", str(script)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)
+    assert record["status"] == "Complete" and len(record["trials"]) == 3
+    for t in record["trials"]:  # the script got --x=... --k=...: its printed loss is the objective
+        assert t["value"] == pytest.approx((t["parameters"]["x"] - 1) ** 2 + t["parameters"]["k"], abs=1e-9)
+    studies = json.loads(subprocess.run(cli + ["studies", "-o", "json"], capture_output=True, text=True, check=True).stdout)
+    assert "cli-study" in [s["name"] for s in studies]
+    table = subprocess.run(cli + ["trials", "cli-study"], capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    best = record["best_trial"]
+    assert table.splitlines()[2].split()[:3] == ["*", str(best["number"]), "Complete"]  # best first, marked
+    bad = subprocess.run(cli + ["optimize", "--param", "x=uniform:2:1", "--prune", "maybe", str(script)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--param='x=uniform:2:1': min < max" in bad.stderr and "--prune" in bad.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Annotated, Any, Optional
 
@@ -13,6 +12,7 @@ from trainjob.cli import common
 from trainjob.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, CliExit, Output, OutputOpt, err, out
 from trainjob.cli.render import fmt_age, fmt_num, status_text
 from trainjob.errors import Problem, ValidationError
+from trainjob.optimizer.records import study_record
 
 OPTIMIZE_HELP = """Start a hyperparameter optimization: trials of a script or a function, each a job.
 
@@ -187,7 +187,8 @@ def trials_cmd(
 
     record = study_record(oc.get_job(name))
     try:
-        with Live(trials_view(record), console=out, refresh_per_second=2, transient=False) as live:
+        # -o json: nothing but the final JSON on stdout, so the live table goes to stderr
+        with Live(trials_view(record), console=err if output is Output.json else out, refresh_per_second=2, transient=False) as live:
             while record["status"] not in _STATUS_EXIT:
                 time.sleep(1.0)
                 record = study_record(oc.get_job(name))
@@ -197,30 +198,6 @@ def trials_cmd(
     if output is Output.json:
         common.dump(record)
     raise CliExit(_STATUS_EXIT.get(record["status"], EXIT_FAILED), None if record["status"] == "Complete" else f"optimization {name} {record['status']}: {record['message']}")
-
-
-def study_record(job: Any) -> dict[str, Any]:
-    """An ``OptimizationJob`` as JSON-able data (the ``-o json`` shape)."""
-    from trainjob.optimizer.spec import describe_space
-
-    def trial(t: Any) -> dict[str, Any]:
-        return {"number": t.number, "name": t.name, "status": t.status.value, "value": _finite(t.value), "step": t.step,
-                "parameters": t.parameters, "error": t.error, "job_status": t.trainjob.status.value if t.trainjob else None}  # fmt: skip
-
-    objective = job.objectives[0]
-    return {
-        "name": job.name,
-        "status": job.status.value,
-        "message": job.message,
-        "created_at": job.creation_timestamp.isoformat(),
-        "metric": objective.metric,
-        "direction": objective.direction.value,
-        "num_trials": job.trial_config.num_trials,
-        "parallel_trials": job.trial_config.parallel_trials,
-        "search_space": {k: describe_space(v) for k, v in job.search_space.items()},
-        "trials": [trial(t) for t in job.trials],
-        "best_trial": trial(job.best_trial) if job.best_trial else None,
-    }
 
 
 def trials_view(record: dict[str, Any]) -> Any:
@@ -250,7 +227,3 @@ def trials_view(record: dict[str, Any]) -> Any:
 
 def _params(p: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={fmt_num(v)}" for k, v in (p or {}).items()) or "-"
-
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else v

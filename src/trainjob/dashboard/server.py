@@ -107,9 +107,17 @@ def create_app(client: TrainerClient, config: DashboardConfig | None = None) -> 
     """The ASGI application (guarded): pages, static files and the JSON API over ``client``."""
     config = config or DashboardConfig()
     api = _Api(client)
+    from trainjob.dashboard.optimizations import OptimizationApi
+    from trainjob.optimizer import OptimizerClient
+
+    opt = OptimizationApi(OptimizerClient(client.backend_config))  # docs/hpo.md: a page per optimization
     routes = [
         Route("/", _page("index.html")),
         Route("/jobs/{job_id}", _page("job.html")),
+        Route("/optimizations", _page("optimization.html")),
+        Route("/optimizations/{name}", _page("optimization.html")),
+        Route("/api/optimizations", opt.list),
+        Route("/api/optimizations/{name}", opt.get),
         Route("/api/session", lambda request: JSONResponse({"csrf": guard.csrf_token, "poll_ms": config.poll_ms})),
         Route("/api/jobs", api.jobs),
         Route("/api/jobs/{job_id}", api.job),
