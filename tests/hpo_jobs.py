@@ -40,3 +40,20 @@ def train_fn(learning_rate, num_epochs):
 
     loss = (math.log10(float(learning_rate)) + 2.0) ** 2 + 1.0 / int(num_epochs)
     print(f"epoch={int(num_epochs)} loss={loss:.6f}")
+
+
+def trainer_hp_search(n_trials: int = 2, max_steps: int = 10):
+    """``Trainer.hyperparameter_search(backend="optuna")`` inside one job: each trial is a ``train()``."""
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from trainjob.demo import build_dataset, build_model, build_tokenizer, corpus
+
+    texts = corpus()
+    tok = build_tokenizer(texts)
+    args = TrainingArguments(output_dir="./hp", max_steps=max_steps, per_device_train_batch_size=8, eval_strategy="steps", eval_steps=5,
+                             logging_steps=5, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)  # fmt: skip
+    trainer = Trainer(model_init=lambda trial=None: build_model(tok), args=args, data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+                      train_dataset=build_dataset(tok, texts[:224]), eval_dataset=build_dataset(tok, texts[224:]))  # fmt: skip
+    best = trainer.hyperparameter_search(backend="optuna", n_trials=n_trials, direction="minimize",
+                                         hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)})  # fmt: skip
+    return {"objective": best.objective, "hyperparameters": best.hyperparameters}

@@ -185,7 +185,7 @@ def test_a_diverging_learning_rate_is_pruned_and_keeps_its_checkpoint(oc):
 
 
 def test_resume_after_kill_9_repeats_no_finished_trial_and_a_failed_trial_counts(oc):
-    template = TrainJobTemplate(trainer=CustomTrainer(func=hpo_jobs.quadratic, func_args={"sleep": 1.0}))
+    template = TrainJobTemplate(trainer=CustomTrainer(func=hpo_jobs.quadratic, func_args={"sleep": 0.5}))
     name = oc.optimize(
         template,
         search_space={"mode": Search.choice(["ok", "fail", "worse"])},
@@ -257,3 +257,16 @@ def test_cli_optimizes_a_script_and_lists_studies_and_trials(opt_home, tmp_path)
     assert table.splitlines()[2].split()[:3] == ["*", str(best["number"]), "Complete"]  # best first, marked
     bad = subprocess.run(cli + ["optimize", "--param", "x=uniform:2:1", "--prune", "maybe", str(script)], capture_output=True, text=True)
     assert bad.returncode == 2 and "--param='x=uniform:2:1': min < max" in bad.stderr and "--prune" in bad.stderr
+
+
+def test_trainer_hyperparameter_search_inside_one_job_is_tracked_trial_by_trial(opt_home):
+    client = TrainerClient()
+    name = client.train(trainer=TransformersTrainer(func=hpo_jobs.trainer_hp_search, func_args={"n_trials": 2, "max_steps": 10}))
+    client.wait_for_job_status(name, timeout=180, polling_interval=0.5)
+    best = client.get_job_result(name).return_value
+    assert 1e-4 <= best["hyperparameters"]["learning_rate"] <= 1e-2 and math.isfinite(best["objective"])
+    reasons = [e.reason for e in client.get_job_events(name)]
+    assert reasons.count("TrainBegin") == 2 and reasons.count("TrainEnd") == 2  # each trial's train() seen
+    evals = [(m["step"], m["eval_loss"]) for m in client.get_job_metrics(name) if "eval_loss" in m]
+    assert [s for s, _ in evals] == [5, 10, 5, 10]  # both trials' evaluations are in the history
+    assert best["objective"] == pytest.approx(min(evals[1][1], evals[3][1]))
