@@ -75,6 +75,8 @@ def test_bad_arguments_are_reported_together_and_leave_nothing(oc, opt_home):
     fields = e.value.fields
     assert fields == ["trial_template.trainer", "search_space['lr']", "search_space['bad name']", "search_space['n']", "name"]
     assert "GridSearch" in str(e.value) and "Search.choice" in str(e.value)
+    with pytest.raises(ValidationError, match=r"search_space\['lr'\].*a keyword argument of lm\(\): it takes learning_rate, max_steps"):
+        oc.optimize(lm_template(), search_space={"lr": Search.loguniform(1e-5, 1e-2)})  # a typo would fail every trial
     with pytest.raises(ValidationError, match="min < max"):
         Search.loguniform(1e-2, 1e-3)
     with pytest.raises(ValidationError, match="a number > 0"):

@@ -104,6 +104,7 @@ class OptimizerClient:
             problems.append(Problem("name", name, f"lower-case letters, digits and '-', starting with a letter, at most {NAME_MAX} characters"))
         elif name is not None and state.study_id(self._storage, name) is not None:
             problems.append(Problem("name", name, "a name no other optimization has (delete that one first, or resume=it)"))
+        problems += _signature_problems(trial_template, spaces)
         if isinstance(algorithm, GridSearch) and not space_problems and spaces and spec.grid_size(spaces) > spec.GRID_LIMIT:
             problems.append(Problem("search_space", f"{spec.grid_size(spaces)} grid points", f"at most {spec.GRID_LIMIT} with GridSearch"))
         if problems:
@@ -433,6 +434,27 @@ class OptimizerClient:
         self._storage.set_study_user_attr(sid, "message", msg)
         state.add_event(state.Files.of(self.home, name), "OptimizerLost", msg)
         return OptimizationStatus.FAILED
+
+
+def _signature_problems(template: Any, spaces: dict[str, Any]) -> list[Problem]:
+    """A searched name the trial function cannot take would fail every trial: say so now."""
+    import inspect
+
+    func = getattr(getattr(template, "trainer", None), "func", None)
+    if not callable(func):
+        return []
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return []
+    takes = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        Problem(f"search_space[{name!r}]", spaces[name], f"a keyword argument of {getattr(func, '__name__', 'the function')}(): it takes {', '.join(takes) or 'none'}")
+        for name in spaces
+        if name not in takes
+    ]
 
 
 def _new_name() -> str:
