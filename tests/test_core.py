@@ -74,6 +74,20 @@ def test_outcome_reason_message_and_result():
     assert (result["global_step"], result["best_checkpoint"], result["checkpoints"]) == (2, "/c/checkpoint-2", ["/c/checkpoint-2"])
 
 
+def test_stop_and_deadline_outcomes():
+    from trainjob.core.outcome import deadline_passed, stop_reason, stopped_outcome
+    from trainjob.types import JobStatus
+
+    assert deadline_passed(30, created_at=100.0, now=130.0) and not deadline_passed(30, 100.0, 129.9) and not deadline_passed(None, 0.0, 1e9)
+    reason = stop_reason(True, 30)
+    status, message, error = stopped_outcome(reason, "at step 40; newest complete checkpoint: checkpoint-40", True)
+    assert status == JobStatus.FAILED and message == "DeadlineExceeded: the job ran past active_deadline_seconds=30 at step 40; newest complete checkpoint: checkpoint-40"
+    assert error == {"type": "DeadlineExceeded", "message": message, "rank": None, "traceback": ""}
+    assert stopped_outcome(stop_reason(False, None, "by SIGTERM to the supervisor"), "before it started", False) == (
+        JobStatus.STOPPED, "stopped by SIGTERM to the supervisor before it started", None)
+    assert stopped_outcome(stop_reason(False, 30), "; no checkpoint was saved", False)[1] == "stopped on request; no checkpoint was saved"
+
+
 def test_lifecycle_events_read_the_same_on_every_backend():
     from trainjob.core import events
     from trainjob.types import JobStatus

@@ -41,6 +41,29 @@ def failure_message(first_error: Mapping[str, Any] | None, max_restarts: int) ->
     return msg
 
 
+def deadline_passed(active_deadline_seconds: float | None, created_at: float, now: float) -> bool:
+    """``active_deadline_seconds`` counted from the job's creation (Kubernetes counts from its start)."""
+    return bool(active_deadline_seconds) and now - created_at >= float(active_deadline_seconds)
+
+
+def stop_reason(deadline_exceeded: bool, active_deadline_seconds: float | None, how: str = "on request") -> str:
+    """Why a job is being stopped: its deadline (Kubeflow's ``DeadlineExceeded``), else 'stopped <how>'."""
+    if deadline_exceeded:
+        return f"DeadlineExceeded: the job ran past active_deadline_seconds={active_deadline_seconds}"
+    return f"stopped {how}"
+
+
+def stopped_outcome(reason: str, where: str, deadline_exceeded: bool) -> tuple[JobStatus, str, dict[str, Any] | None]:
+    """The outcome of a job ended by a stop: ``Stopped``, or ``Failed`` when the stop was its deadline.
+
+    ``where``: what follows the reason ('at step 40; newest complete checkpoint: checkpoint-40').
+    """
+    message = reason + (where if not where or where[:1] in (" ", ";") else f" {where}")
+    if deadline_exceeded:
+        return JobStatus.FAILED, message, {"type": "DeadlineExceeded", "message": message, "rank": None, "traceback": ""}
+    return JobStatus.STOPPED, message, None
+
+
 def result_record(
     *,
     metrics: Iterable[Mapping[str, Any]],

@@ -29,7 +29,7 @@ from trainjob.backends.local.launcher import plan_launch
 from trainjob.backends.local.warm import client as warm_start
 from trainjob.checkpoints import checkpoint_step, latest_complete, list_checkpoints
 from trainjob.core import events
-from trainjob.core.outcome import describe_error, failure_message, result_record
+from trainjob.core.outcome import deadline_passed, describe_error, failure_message, result_record, stop_reason, stopped_outcome
 from trainjob.core.rank_env import free_port
 from trainjob.resources import local_capacity
 from trainjob.errors import TrainJobError
@@ -587,24 +587,16 @@ class Supervisor:
         return self.stop_requested or self._stop_file_present() or self._deadline_passed()
 
     def _deadline_passed(self) -> bool:
-        """``active_deadline_seconds`` counted from the job's creation (as Kubernetes counts from its start)."""
         if not self.deadline_exceeded:
-            limit = self.spec.get("active_deadline_seconds")
-            if limit and time.time() - self.created_at >= limit:
-                self.deadline_exceeded = True
+            self.deadline_exceeded = deadline_passed(self.spec.get("active_deadline_seconds"), self.created_at, time.time())
         return self.deadline_exceeded
 
     def _stop_reason(self) -> str:
-        if self.deadline_exceeded:
-            return f"DeadlineExceeded: the job ran past active_deadline_seconds={self.spec['active_deadline_seconds']}"
-        return "stopped by SIGTERM to the supervisor" if self.stop_requested else "stopped on request"
+        how = "by SIGTERM to the supervisor" if self.stop_requested else "on request"
+        return stop_reason(self.deadline_exceeded, self.spec.get("active_deadline_seconds"), how)
 
     def _stopped_outcome(self, where: str) -> tuple[JobStatus, str, dict | None]:
-        """The outcome of a job ended by a stop: ``Stopped``, or ``Failed`` when the stop was its deadline."""
-        message = self._stop_reason() + (where if where[:1] in (" ", ";") else f" {where}")
-        if self.deadline_exceeded:
-            return JobStatus.FAILED, message, {"type": "DeadlineExceeded", "message": message, "rank": None, "traceback": ""}
-        return JobStatus.STOPPED, message, None
+        return stopped_outcome(self._stop_reason(), where, self.deadline_exceeded)
 
     # ---- outcome -----------------------------------------------------------------------
     def _output_dir(self) -> str | None:

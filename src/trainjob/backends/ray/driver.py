@@ -22,7 +22,7 @@ from trainjob.backends.ray import plan
 from trainjob.backends.ray.outcome import checkpoints_of, compute_result, record_outcome
 from trainjob.backends.ray.state import KV, EventWriter, Keys, dumps, last_event, read_events
 from trainjob.backends.ray.worker import job_secret_values, root_cause
-from trainjob.core.outcome import failure_message
+from trainjob.core.outcome import deadline_passed, failure_message, stop_reason, stopped_outcome
 from trainjob.core.records import error_record
 from trainjob.core.resume import carry_workdir
 from trainjob.types import JobStatus
@@ -147,23 +147,16 @@ class Driver:
                 print(f"[trainjob] stop monitor: {e}", file=sys.stderr, flush=True)
 
     def _deadline_passed(self) -> bool:
-        """``active_deadline_seconds`` counted from the job's creation (as the local backend counts)."""
-        limit = self.spec.get("active_deadline_seconds")
-        if limit and not self.deadline_exceeded and time.time() - float(self.record.get("created_at") or time.time()) >= limit:
-            self.deadline_exceeded = True
+        if not self.deadline_exceeded:
+            created = float(self.record.get("created_at") or time.time())
+            self.deadline_exceeded = deadline_passed(self.spec.get("active_deadline_seconds"), created, time.time())
         return self.deadline_exceeded
 
     def _stop_reason(self) -> str:
-        if self.deadline_exceeded:
-            return f"DeadlineExceeded: the job ran past active_deadline_seconds={self.spec['active_deadline_seconds']}"
-        return "stopped on request"
+        return stop_reason(self.deadline_exceeded, self.spec.get("active_deadline_seconds"))
 
     def _stopped(self, where: str) -> tuple[JobStatus, str, dict | None]:
-        """The outcome of a stop: ``Stopped``, or ``Failed`` when the stop was the job's deadline."""
-        message = self._stop_reason() + where
-        if self.deadline_exceeded:
-            return JobStatus.FAILED, message, {"type": "DeadlineExceeded", "message": message, "rank": None}
-        return JobStatus.STOPPED, message, None
+        return stopped_outcome(self._stop_reason(), where, self.deadline_exceeded)
 
     def _ranks_running(self) -> bool:
         """Whether the latest attempt's ranks have started and it has not failed (else, between
