@@ -45,7 +45,8 @@ def test_kubeflow_client_signatures():
     assert [p.name for p in train[:4]] == ["runtime", "initializer", "trainer", "options"]
     assert all(p.kind is p.KEYWORD_ONLY for p in train[4:]) and {p.name for p in train[4:]} == {"resume", "name"}
     lj = sig("list_jobs")
-    assert lj[0].name == "runtime" and lj[0].kind is lj[0].POSITIONAL_OR_KEYWORD and {p.name for p in lj[1:]} == {"status", "labels"}
+    assert lj[0].name == "runtime" and lj[0].kind is lj[0].POSITIONAL_OR_KEYWORD and {p.name for p in lj[1:]} == {"status", "labels", "name", "limit", "offset", "newest_first"}
+    assert all(p.kind is p.KEYWORD_ONLY for p in lj[1:]) and {p.name: p.default for p in lj[1:]}["limit"] is None  # Kubeflow's default: every job
     for method in ("get_job", "get_job_logs", "get_job_events", "wait_for_job_status", "delete_job", "get_job_progress",
                    "get_job_metrics", "get_job_result", "wait_for_job_completion", "stop_job", "read_job_logs"):  # fmt: skip
         assert sig(method)[0].name == "name", method
