@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cases", default="all", help="'all', or 'overhead': only the sequential study and the one-process run")
     args = ap.parse_args()
     os.environ.update({k: v for k, v in ENV.items() if k not in os.environ or k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM")})
     from trainjob.backends.local.warm import client as warm_client
@@ -98,6 +99,8 @@ def main() -> None:
         "optimizer, 2 parallel, no pruning": lambda: through_optimizer(args.trials, args.steps, args.seed, prune=False, parallel=2),
         "one process, optuna.study.optimize": lambda: in_process(args.trials, args.steps, args.seed),
     }
+    if args.cases == "overhead":
+        cases = {k: v for k, v in cases.items() if k in ("optimizer, no pruning", "one process, optuna.study.optimize")}
     results: dict[str, list[dict]] = {k: [] for k in cases}
     names = list(cases)
     for r in range(args.rounds):
@@ -120,11 +123,14 @@ def main() -> None:
     for n in names:
         m = med[n]
         print(f"| {n} | {m['wall']:.1f} | {m['steps']:.0f} | {m['best']:.4f} | {m['pruned']:.0f} |")
-    base, pruned = med["optimizer, no pruning"], med["optimizer, median pruning"]
-    print(f"\npruning: {1 - pruned['steps'] / base['steps']:.0%} fewer steps, best eval_loss {pruned['best'] / base['best'] - 1:+.1%}")
+    base = med["optimizer, no pruning"]
+    if "optimizer, median pruning" in med:
+        pruned = med["optimizer, median pruning"]
+        print(f"\npruning: {1 - pruned['steps'] / base['steps']:.0%} fewer steps, best eval_loss {pruned['best'] / base['best'] - 1:+.1%}")
     print(f"overhead: OptimizerClient / one process = {base['wall'] / med['one process, optuna.study.optimize']['wall']:.2f}x "
           f"({(base['wall'] - med['one process, optuna.study.optimize']['wall']) / args.trials:.2f} s per trial)")  # fmt: skip
-    print(f"parallel: 2 at once / sequential = {med['optimizer, 2 parallel, no pruning']['wall'] / base['wall']:.2f}x wall")
+    if "optimizer, 2 parallel, no pruning" in med:
+        print(f"parallel: 2 at once / sequential = {med['optimizer, 2 parallel, no pruning']['wall'] / base['wall']:.2f}x wall")
 
 
 if __name__ == "__main__":
