@@ -206,11 +206,12 @@ def main() -> None:
         job = "job-0000000"
         hist_rows, have = [], 0
         page = Page(home)
+        empty = store.compact()[1]  # the store with its jobs and no history, write-ahead log folded in
         for n in sorted(args.entries):
             add_history(store, job, have, n)
             have = n
+            size = store.compact()[1]
             client = TrainerClient(LocalBackendConfig(home=str(home)))
-            size = sum(p.stat().st_size for p in home.glob("trainjob.db*") if not p.name.endswith(".reserve"))
             hist_rows.append(
                 {
                     "entries": n,
@@ -225,11 +226,10 @@ def main() -> None:
             )
         page.close()
         table(f"History of one job (median of {args.runs} calls; store MB: the whole store, {max(args.jobs):,} jobs included)", hist_rows, "entries")
-        before = sum(p.stat().st_size for p in home.glob("trainjob.db*") if not p.name.endswith(".reserve"))
+        per_million = (size - empty) / 2**20 / (have / 1e6)
         store.delete_job(job)
-        store.compact()  # what `trainjob prune` does after deleting
-        after = sum(p.stat().st_size for p in home.glob("trainjob.db*") if not p.name.endswith(".reserve"))
-        print(f"\nstore size per 1M entries: {(before - after) / 2**20 / (max(args.entries) / 1e6):.0f} MB (the store shrank by that much when the {max(args.entries):,}-entry job was deleted)")
+        after = store.compact()[1]  # what `trainjob prune` does after deleting
+        print(f"\nstore size per 1M entries: {per_million:.0f} MB (its growth while {have:,} entries were added); deleting the job and compacting took the store from {size / 2**20:.0f} MB back to {after / 2**20:.0f} MB")
 
 
 if __name__ == "__main__":
