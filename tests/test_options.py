@@ -77,8 +77,10 @@ def test_refused_kubeflow_trainers_and_initializers(client):
     from trainjob import HuggingFaceModelInitializer, Initializer
     from trainjob.initializers import plan
 
-    with pytest.raises(ValueError, match="None on the ray backend"):
-        plan(Initializer(model=HuggingFaceModelInitializer(storage_uri="hf://org/name")), "ray")
+    init = Initializer(model=HuggingFaceModelInitializer(storage_uri="hf://org/name"))
+    assert [s["step"] for s in plan(init, "ray")[0]] == ["model-initializer"]  # the Ray driver runs them too
+    with pytest.raises(ValueError, match="None on the kubernetes backend"):
+        plan(init, "kubernetes")
     with pytest.raises(ValueError, match="TrainerCommand"):
         client.train()
     with pytest.raises(ValueError, match="name= is the same as options"):

@@ -23,9 +23,13 @@ import pytest
 import jobs
 import ray_cluster
 from conftest import wait_until
+from test_initializers import hf_cache  # noqa: F401 - the offline HF cache fixture
 from trainjob import (
     BackendError,
     CustomTrainer,
+    HuggingFaceDatasetInitializer,
+    HuggingFaceModelInitializer,
+    Initializer,
     JobFailedError,
     JobNotFoundError,
     JobStatus,
@@ -643,6 +647,58 @@ def test_bad_config_and_unreachable_cluster():
     with pytest.raises(BackendError) as err:
         client.list_jobs()
     assert time.monotonic() - t0 < 15 and "cannot reach the Ray cluster" in str(err.value)
+
+
+def read_initialized() -> dict:
+    """Runs in the job: what the initializers put in MODEL_PATH and DATASET_PATH on this rank's node."""
+    import json
+    import os
+
+    from trainjob import DATASET_PATH, MODEL_PATH
+
+    with open(os.path.join(DATASET_PATH, "train.jsonl")) as f:
+        rows = sum(1 for _ in f)
+    with open(os.path.join(MODEL_PATH, "config.json")) as f:
+        n_layer = json.load(f)["n_layer"]
+    return {"model_files": sorted(os.listdir(MODEL_PATH)), "rows": rows, "n_layer": n_layer, "cwd": os.getcwd()}
+
+
+def test_initializers_run_on_ray(ray_client, hf_cache):
+    """The driver runs each step on every node that can host a rank, before Ray Train starts any."""
+    env = {"HF_HOME": str(hf_cache)}  # the nodes started before this test's cache existed (HF_HUB_OFFLINE=1 is theirs)
+    ok = ray_client.train(
+        initializer=Initializer(
+            model=HuggingFaceModelInitializer(storage_uri="hf://tiny-org/tiny-gpt2", access_token="hf_" + "y" * 34),
+            dataset=HuggingFaceDatasetInitializer(storage_uri="hf://tiny-org/numbers"),
+        ),
+        trainer=CustomTrainer(func=read_initialized, env=env),
+    )
+    missing = ray_client.train(  # submitted alongside: it never takes a Ray Train worker
+        initializer=Initializer(model=HuggingFaceModelInitializer(storage_uri="hf://tiny-org/not-cached")),
+        trainer=CustomTrainer(func=read_initialized, env=env),
+    )
+
+    with pytest.raises(RuntimeError, match="model-initializer failed"):
+        ray_client.wait_for_job_status(missing, timeout=JOB_TIMEOUT, polling_interval=0.5)
+    job = ray_client.get_job(missing)
+    assert [(s.name, s.status) for s in job.steps] == [("model-initializer", "Failed"), ("node-0", "Failed")]
+    failed = [e.message for e in ray_client.get_job_events(missing) if e.reason == "InitializerFailed"]
+    assert len(failed) == 1 and failed[0].startswith("model-initializer: LocalEntryNotFoundError: ") and "HF_HUB_OFFLINE" in failed[0], failed  # the hub's own error
+    assert "LocalEntryNotFoundError" in job.message and f"trainjob logs {missing} --step model-initializer" in job.message, job.message
+    assert "tiny-org/not-cached" in "\n".join(ray_client.get_job_logs(missing, step="model-initializer"))
+    assert ray_client.backend.rank_info(missing) == [] and not events(ray_client, missing, "Started")  # no rank started
+
+    final = ray_client.wait_for_job_status(ok, timeout=JOB_TIMEOUT, polling_interval=0.5)
+    value = ray_client.get_job_result(ok).return_value
+    assert value["model_files"] == ["config.json", "generation_config.json", "model.safetensors"] and value["rows"] == 24 and value["n_layer"] == 1, value
+    assert [(s.name, s.status) for s in final.steps] == [("dataset-initializer", "Complete"), ("model-initializer", "Complete"), ("node-0", "Complete")]
+    reasons = [e.reason for e in ray_client.get_job_events(ok)]
+    assert reasons.count("InitializerCompleted") == 2 and reasons.index("InitializerCompleted") < reasons.index("Started"), reasons
+    assert events(ray_client, ok, "InitializerStarted")[0].data["nodes"] == ["127.0.0.1"]
+    log = "\n".join(ray_client.get_job_logs(ok, step="model-initializer"))
+    assert "tiny-org/tiny-gpt2" in log and "offline" in log and "3 file(s) in place" in log, log
+    assert "hf_yyyy" not in json.dumps(final.spec) and final.spec["env"]["TRAINJOB_MODEL_INITIALIZER_TOKEN"] == "******"
+    assert value["cwd"] == str(final.job_dir / "workdir")
 
 
 # ---- pure translation ------------------------------------------------------------------------

@@ -67,7 +67,7 @@ class TrainerClient:
         ``trainjob.options`` (``Name``, ``Labels``, ``Annotations``, ``ActiveDeadlineSeconds``,
         ``TrainerCommand``, ``TrainerArgs``). ``initializer``: a model and/or dataset put in
         ``workspace/model``/``workspace/dataset`` of the job's working directory before the ranks
-        start (``trainjob.initializers``; local backend). Beyond Kubeflow, keyword-only: ``resume``, the name
+        start (``trainjob.initializers``; on Ray, on every node that can host a rank). Beyond Kubeflow, keyword-only: ``resume``, the name
         of an ended (stopped or failed) job whose newest complete checkpoint the new job
         continues from; ``name``, the same as ``options=[Name(name)]``.
         """

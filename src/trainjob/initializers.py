@@ -8,8 +8,10 @@ step="model-initializer")`` and events); a failure fails the job with the hub's 
 
 **Where the files land** (one rule): ``workspace/model`` and ``workspace/dataset`` in the job's
 working directory, which is the ranks' current directory, so ``MODEL_PATH`` (``"workspace/model"``)
-and ``DATASET_PATH`` (``"workspace/dataset"``) open them from any rank. Kubernetes pods use
-``/workspace/model`` and ``/workspace/dataset``.
+and ``DATASET_PATH`` (``"workspace/dataset"``) open them from any rank. On Ray, whose nodes do not
+share a disk, the driver runs each step once on every node that can host a rank
+(``backends/ray/initializers.py``). Kubernetes pods use ``/workspace/model`` and
+``/workspace/dataset``.
 
 ``storage_uri`` forms: ``hf://org/name[@revision]`` (downloaded with ``huggingface_hub``'s
 ``snapshot_download``: the HF cache, ``HF_HOME`` and ``HF_HUB_OFFLINE`` are honoured),
@@ -125,14 +127,14 @@ def plan(initializer: Any, backend: str) -> tuple[list[dict[str, Any]], dict[str
     """``(steps, env)``: the JSON-able steps the backend runs, in order, and the tokens' env vars.
 
     Raises ``ValidationError`` naming every problem: not an ``Initializer``, an S3 initializer
-    (not built yet), a local path that does not exist, or the Ray backend (not built there yet).
+    (not built yet), a local path that does not exist, or a backend other than local and Ray.
     """
     problems: list[Problem] = []
     if not isinstance(initializer, Initializer):
         raise ValidationError([Problem("initializer", initializer, "Initializer(model=HuggingFaceModelInitializer(...), dataset=HuggingFaceDatasetInitializer(...))")], "train()")
-    if backend != "local":
+    if backend not in ("local", "ray"):
         raise ValidationError(
-            [Problem("initializer", "Initializer", f"None on the {backend} backend (initializers run on the local backend only so far): download the model or dataset in the training function")],
+            [Problem("initializer", "Initializer", f"None on the {backend} backend (initializers run on the local and Ray backends): download the model or dataset in the training function")],
             "train()",
         )
     steps: list[dict[str, Any]] = []

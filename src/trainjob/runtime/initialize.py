@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -65,12 +66,15 @@ def _link_or_copy(source: Path, target: Path, ignore: list[str]) -> int:
         dest = target / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         real = f.resolve()  # the HF cache's snapshot files are links to its blobs
-        if dest.exists():
-            dest.unlink()
+        # Under a temporary name, then renamed: on Ray, the steps of several nodes may fill one
+        # shared folder at once, and each file must appear whole, whichever writes last.
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
         try:
-            os.link(real, dest)
+            os.link(real, tmp)
         except OSError:
-            shutil.copy2(real, dest)
+            shutil.copy2(real, tmp)
+        os.replace(tmp, dest)
+        tmp.unlink(missing_ok=True)  # rename() leaves both names when dest was already a link to the same file
         count += 1
     return count
 

@@ -171,9 +171,6 @@ class RayBackend(Backend):
         from trainjob.core.names import name_in_use, new_job_id
 
         extras = extras or JobExtras()
-        if extras.initializers:  # the client refuses them first (trainjob.initializers.plan)
-            raise ValidationError([Problem("initializer", "Initializer", "None on the Ray backend (not built there yet)")], "train()")
-
         if getattr(trainer, "progress_timeout", None) is not None:
             # Ray Train owns its workers: nothing here could dump and end a stalled one.
             raise ValidationError([Problem("progress_timeout", trainer.progress_timeout, "None on the Ray backend (a local-backend feature; use active_deadline_seconds to bound a job)")], "train()")
@@ -188,7 +185,7 @@ class RayBackend(Backend):
             raise ValidationError([name_in_use(name)], "train()")  # a trainjob job, or any Ray job with this submission id
         job_id = name or new_job_id()
         keys = Keys(job_id)
-        spec.update({"env": dict(trainer.env or {}), "name": job_id, "resume_from": resume_from})
+        spec.update({"env": dict(trainer.env or {}), "name": job_id, "resume_from": resume_from, "initializers": list(extras.initializers)})  # run by the driver (initializers.py)
         # The record (and Ray's runtime_env, which Ray's dashboard shows) get the masked spec;
         # the real values of masked fields travel in their own GCS key, read by the ranks.
         spec, hidden = split_spec(spec)
@@ -442,9 +439,12 @@ class RayBackend(Backend):
 
         ``node-K``: the ranks Ray Train placed on its node K (prefixed ``[rank R]`` when there are
         several); ``rank-R``: one rank, every attempt in turn; ``driver`` (or ``supervisor``): the
-        Ray job's driver output, which Ray also streams worker output into.
+        Ray job's driver output, which Ray also streams worker output into; ``model-initializer``/
+        ``dataset-initializer``: the step's output on every node (kept in the GCS once it ended).
         """
         snap = self._snapshot(job_id)
+        if step in [s["step"] for s in snap.record["spec"].get("initializers") or []]:
+            return self._stream_logs(job_id, lambda backend, job_id: [(f"init:{job_id}/{step}", "")], follow)
         world = int(snap.record["spec"]["num_nodes"]) * int(snap.record["spec"]["procs_per_node"])
         nodes = int(snap.record["spec"]["num_nodes"])
         sources = _log_sources(step, nodes, world)
@@ -472,6 +472,9 @@ class RayBackend(Backend):
         try:
             if kind == "driver":
                 return self.conn.api.logs(ident)
+            if kind == "init":  # an initializer step's output, kept in the GCS by the driver
+                job, _, step = ident.partition("/")
+                return (self.conn.kv.get(Keys(job).init_log(step)) or b"").decode(errors="replace")
             raw = self.conn.api.get("/api/v0/logs/file", actor_id=ident, lines=-1, suffix="out").decode(errors="replace")
         except Exception as e:  # noqa: BLE001 - a node that is gone takes its log files with it
             return f"[trainjob] the log of {source} is not available from Ray: {type(e).__name__}: {e}\n"
@@ -568,6 +571,14 @@ class RayBackend(Backend):
             Step(f"node-{k}", snap.status, device, len(rs), tuple(int(r["pid"]) for r in sorted(rs, key=lambda r: r["rank"]) if r.get("pid")), f"{snap.job_id}-node-{k}")
             for k, rs in sorted(by_node.items())
         ] or [Step(f"node-{i}", snap.status, device, int(spec["procs_per_node"]), pod_name=f"{snap.job_id}-node-{i}") for i in range(int(spec["num_nodes"]))]
+        if spec.get("initializers"):
+            init = self.conn.kv.get_json(Keys(snap.job_id).initializers) or {}
+
+            def step_status(name: str) -> JobStatus:
+                status = JobStatus.parse(init.get(name) or "Created")
+                return snap.status if status == JobStatus.RUNNING and snap.status.is_terminal else status  # the driver ended meanwhile
+
+            steps = [Step(s["step"], step_status(s["step"]), "cpu", 1, pod_name=f"{snap.job_id}-{s['step']}") for s in spec["initializers"]] + steps
         first_attempt = self.conn.kv.get_json(Keys(snap.job_id).attempt(0)) if snap.status != JobStatus.CREATED else None
         finished = (snap.outcome or {}).get("finished_at")
         annotations = dict(snap.record.get("annotations") or {})

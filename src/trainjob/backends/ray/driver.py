@@ -1,7 +1,8 @@
 """The Ray job's entrypoint: ``python -m trainjob.backends.ray.driver JOB_ID``.
 
 Runs on the cluster (where Ray's job manager starts it), outlives the submitting client, and
-plays the local supervisor's part: it makes the job folder, runs Ray Train's ``TorchTrainer``
+plays the local supervisor's part: it makes the job folder, runs the initializer steps on every
+node that can host a rank (``initializers``), runs Ray Train's ``TorchTrainer``
 with one worker per rank (restarts are Ray Train's ``FailureConfig``; resuming from the newest
 complete checkpoint is trainjob's, in each worker), honours stop requests, and records the outcome
 (status, message, first error, result) in the GCS exactly once. If this process dies, Ray marks
@@ -67,6 +68,15 @@ class Driver:
         self.event("Queued", f"driver started; waiting for Ray to place {plan.describe_scaling(scale)}", {"scaling": scale})
         monitor = threading.Thread(target=self._watch_stop, name="trainjob-stop-monitor", daemon=True)
         monitor.start()
+        if self.spec.get("initializers"):
+            from trainjob.backends.ray.initializers import InitializerFailed, run_initializers
+
+            try:
+                run_initializers(self.kv, self.keys, self.event, self.job_dir, self.spec, scale["resources_per_worker"])
+            except InitializerFailed as e:
+                return self.finish(JobStatus.FAILED, str(e), {"type": "InitializerFailed", "message": str(e), "rank": None})
+            if self._stop_requested():
+                return self.finish(*self._stopped(" before its ranks started"))
         exc = None
         try:
             self._trainer(scale).fit()

@@ -13,6 +13,8 @@ the trainjob id, which is also the Ray submission id):
                                       secret env values reach the ranks here, not through Ray's
                                       ``runtime_env``, which Ray's dashboard shows to anyone
 ``<id>/driver``                       where the driver runs, the job folder it made
+``<id>/initializers``                 each initializer step's status (``initializers``)
+``<id>/initlog/<step>``               an initializer step's output, every node's
 ``<id>/attempt/<NNNN>``               one per attempt (Ray Train worker group), claimed by rank 0
 ``<id>/ranks/<NNNN>/<RRRRR>``         each rank of each attempt: node, pid, Ray actor id (logs)
 ``<id>/progress``                     the latest progress document (DESIGN.md section 3)
@@ -74,6 +76,13 @@ class Keys:
     @property
     def driver(self) -> str:
         return f"{self.job_id}/driver"
+
+    @property
+    def initializers(self) -> str:
+        return f"{self.job_id}/initializers"
+
+    def init_log(self, step: str) -> str:
+        return f"{self.job_id}/initlog/{step}"
 
     @property
     def progress(self) -> str:
