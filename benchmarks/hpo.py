@@ -44,14 +44,14 @@ def trial(learning_rate: float, max_steps: int = 200, eval_steps: int = 25) -> d
     return {"eval_loss": seen.get("eval_loss"), "step": out["global_step"]}
 
 
-def through_optimizer(trials: int, steps: int, seed: int, prune: bool, parallel: int) -> dict:
+def through_optimizer(trials: int, steps: int, seed: int, prune: bool, parallel: int, cpu: int | None = None) -> dict:
     from trainjob import TrainerClient, TransformersTrainer
     from trainjob.optimizer import Median, Objective, OptimizerClient, RandomSearch, Search, TrainJobTemplate, TrialConfig
 
     oc, tc = OptimizerClient(), TrainerClient()
     t0 = time.monotonic()
     name = oc.optimize(
-        TrainJobTemplate(TransformersTrainer(func=trial, func_args={"max_steps": steps, "eval_steps": 25})),
+        TrainJobTemplate(TransformersTrainer(func=trial, func_args={"max_steps": steps, "eval_steps": 25}, resources_per_node={"cpu": cpu} if cpu else None)),
         search_space={"learning_rate": Search.loguniform(1e-5, 1e-1)},
         objectives=[Objective("eval_loss")],
         trial_config=TrialConfig(num_trials=trials, parallel_trials=parallel),
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cases", default="all", help="'all', or 'overhead': only the sequential study and the one-process run")
+    ap.add_argument("--cases", default="all", help="'all' (the first four), 'overhead' (the sequential study and the one-process run) or 'parallel' (sequential vs 2 parallel with 1 CPU each)")
     args = ap.parse_args()
     os.environ.update({k: v for k, v in ENV.items() if k not in os.environ or k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM")})
     from trainjob.backends.local.warm import client as warm_client
@@ -98,9 +98,11 @@ def main() -> None:
         "optimizer, median pruning": lambda: through_optimizer(args.trials, args.steps, args.seed, prune=True, parallel=1),
         "optimizer, 2 parallel, no pruning": lambda: through_optimizer(args.trials, args.steps, args.seed, prune=False, parallel=2),
         "one process, optuna.study.optimize": lambda: in_process(args.trials, args.steps, args.seed),
+        "optimizer, 2 parallel, 1 CPU each": lambda: through_optimizer(args.trials, args.steps, args.seed, prune=False, parallel=2, cpu=1),
     }
-    if args.cases == "overhead":
-        cases = {k: v for k, v in cases.items() if k in ("optimizer, no pruning", "one process, optuna.study.optimize")}
+    wanted = {"all": list(cases)[:4], "overhead": ["optimizer, no pruning", "one process, optuna.study.optimize"],
+              "parallel": ["optimizer, no pruning", "optimizer, 2 parallel, 1 CPU each"]}[args.cases]  # fmt: skip
+    cases = {k: v for k, v in cases.items() if k in wanted}
     results: dict[str, list[dict]] = {k: [] for k in cases}
     names = list(cases)
     for r in range(args.rounds):
@@ -127,10 +129,12 @@ def main() -> None:
     if "optimizer, median pruning" in med:
         pruned = med["optimizer, median pruning"]
         print(f"\npruning: {1 - pruned['steps'] / base['steps']:.0%} fewer steps, best eval_loss {pruned['best'] / base['best'] - 1:+.1%}")
-    print(f"overhead: OptimizerClient / one process = {base['wall'] / med['one process, optuna.study.optimize']['wall']:.2f}x "
-          f"({(base['wall'] - med['one process, optuna.study.optimize']['wall']) / args.trials:.2f} s per trial)")  # fmt: skip
-    if "optimizer, 2 parallel, no pruning" in med:
-        print(f"parallel: 2 at once / sequential = {med['optimizer, 2 parallel, no pruning']['wall'] / base['wall']:.2f}x wall")
+    if "one process, optuna.study.optimize" in med:
+        one = med["one process, optuna.study.optimize"]["wall"]
+        print(f"overhead: OptimizerClient / one process = {base['wall'] / one:.2f}x ({(base['wall'] - one) / args.trials:.2f} s per trial)")
+    for case in ("optimizer, 2 parallel, no pruning", "optimizer, 2 parallel, 1 CPU each"):
+        if case in med:
+            print(f"{case} / sequential = {med[case]['wall'] / base['wall']:.2f}x wall")
 
 
 if __name__ == "__main__":
