@@ -113,7 +113,7 @@ def test_kubeflow_example_runs_with_only_the_imports_changed(oc):
         assert isinstance(t.parameters["learning_rate"], float) and 0.001 <= t.parameters["learning_rate"] <= 0.1
         assert t.parameters["num_epochs"] in (5, 10) and isinstance(t.parameters["num_epochs"], int)
         expected = (math.log10(t.parameters["learning_rate"]) + 2.0) ** 2 + 1.0 / t.parameters["num_epochs"]
-        assert t.value == pytest.approx(expected, abs=1e-5)
+        assert t.value == pytest.approx(expected, abs=1e-5) and t.metrics[0].latest == t.value  # Katib's Metric, from stdout
     best = client.get_best_results(opt_id)
     assert best.value == min(t.value for t in job.trials) and best.parameters == job.best_trial.parameters
     assert any(line.startswith("epoch=") for line in client.get_job_logs(opt_id))  # the best trial's log

@@ -219,9 +219,14 @@ class Loop:
             value = spec.pick(series, self.objective["direction"], self.objective["strategy"])
             if value is None:
                 value = spec.value_from_return(self.objective["metric"], self.client.get_job_result(name).return_value)
+                if value is not None:
+                    series = [(0, value)]
             if value is None:
-                lines = list(self.client.get_job_logs(name))
-                value = spec.pick(spec.stdout_series(self.objective["metric"], lines), self.objective["direction"], self.objective["strategy"])
+                series = spec.stdout_series(self.objective["metric"], list(self.client.get_job_logs(name)))
+                value = spec.pick(series, self.objective["direction"], self.objective["strategy"])
+            if series:  # a value from the return value or stdout: the trial's metrics say so too
+                metrics[0] = spec.summarize(self.objective["metric"], series)
+                self._trial_attr(t, "metrics", [dataclasses.asdict(m) for m in metrics])
             if value is None:
                 msg = f"the job logged no {self.objective['metric']!r} (nor eval_{self.objective['metric']}): not in its metrics history, return value or stdout (metric=value)"
                 self._end_trial(t, TrialStatus.FAILED, error={"type": "ObjectiveNotFound", "message": msg})
