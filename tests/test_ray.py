@@ -824,3 +824,22 @@ def test_multinode_cluster_in_network_namespaces(netns_cluster):
     assert fail["error"]["message"] == "bad batch" and sorted(fail["ranks"].values()) == both
 
     assert watch.samples >= 5 and not watch.offenders, f"traffic outside loopback and the test namespaces: {watch.offenders}"
+
+
+def test_a_four_trial_optimization_runs_its_trials_on_ray(cluster, home):
+    """Issue 14: OptimizerClient over the Ray backend; the study lives in this machine's home."""
+    import hpo_jobs
+    from trainjob.optimizer import OptimizerClient, Search, TrainJobTemplate, TrialConfig
+    from trainjob.optimizer.state import LABEL
+
+    oc = OptimizerClient(cluster.config())
+    name = oc.optimize(TrainJobTemplate(CustomTrainer(func=hpo_jobs.quadratic)), search_space={"x": Search.uniform(0, 2)},
+                       trial_config=TrialConfig(num_trials=4, parallel_trials=2))  # fmt: skip
+    job = oc.wait_for_job_status(name, timeout=400, polling_interval=1)
+    assert job.status == "Complete" and len(job.trials) == 4
+    for t in job.trials:  # each trial a Ray job; its printed loss=(x-1)^2 read from its log through Ray
+        assert t.trainjob.backend == "ray" and t.value == pytest.approx((t.parameters["x"] - 1) ** 2, abs=1e-9)
+    assert sorted(j.name for j in TrainerClient(cluster.config()).list_jobs(labels={LABEL: name})) == sorted(t.name for t in job.trials)
+    assert oc.get_best_results(name).value == min(t.value for t in job.trials)
+    oc.delete_job(name)
+    assert oc.list_jobs() == []
