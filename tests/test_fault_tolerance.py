@@ -398,7 +398,7 @@ def test_delete_running_job_leaves_nothing(client, home):
     assert not job_dir.exists()
     assert job_id not in [j.id for j in client.list_jobs()]
     with sqlite3.connect(home / "trainjob.db") as db:
-        for table, col in (("jobs", "id"), ("events", "job_id"), ("metrics", "job_id")):
+        for table, col in (("jobs", "id"), ("events", "job_id"), ("metric_chunks", "job_id")):  # the history (store v6)
             assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE {col} = ?", (job_id,)).fetchone()[0] == 0
 
 
