@@ -18,6 +18,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRAINJOB_WARM_START", "0")
 
 
+# The longest test files, started first: with ``-n 2 --dist loadfile`` (scripts/test.sh) one worker
+# takes them while the other works through the rest, instead of both waiting on them at the end.
+LONGEST_FIRST = ("test_ray.py", "test_tracking.py", "test_fault_tolerance.py", "test_hangs.py", "test_store_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file unchanged
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh trainjob home for this test (store + job folders)."""

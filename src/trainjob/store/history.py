@@ -22,6 +22,8 @@ import math
 import sqlite3
 from typing import Any, Iterable
 
+from trainjob.store import fastjson
+
 CHUNK = 256  # entries per chunk row
 SUB = 64  # entries per min/max pair in a chunk's summary
 DEFAULT_POINTS = 2000  # points per series in a downsampled view
@@ -134,7 +136,7 @@ def read(conn: sqlite3.Connection, job_id: str, start: int = 0, stop: int | None
         )
     out: list[dict[str, Any]] = []
     for seq, data in rows:
-        entries = json.loads(data)
+        entries = fastjson.loads(data)
         lo = max(0, start - seq)
         hi = len(entries) if stop is None else min(len(entries), stop - seq)
         out.extend(entries if lo == 0 and hi == len(entries) else entries[lo:hi])
@@ -165,7 +167,7 @@ def series(conn: sqlite3.Connection, job_id: str, start: int = 0, stop: int | No
             "SELECT seq, n, summary FROM metric_chunks WHERE job_id = ? AND seq >= ? AND seq < ? ORDER BY seq", (job_id, first, stop)
         ):
             if summary is not None and seq >= start and seq + m <= stop:
-                view.add_summary(json.loads(summary))
+                view.add_summary(fastjson.loads(summary))
             else:
                 raw_chunks.append(seq)
         for seq in raw_chunks:  # the range's partial edges and the job's last, open chunk

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from trainjob import contract, filesystems
 from trainjob.errors import StoreError
-from trainjob.store import history
+from trainjob.store import fastjson, history
 from trainjob.store.schema import MIGRATIONS, SCHEMA_VERSION
 from trainjob.types import JobStatus
 
@@ -563,7 +563,7 @@ def _brief_rows(c: sqlite3.Connection, q: str, args: list[Any]) -> list[JobRow]:
         for i in json_at:
             text = values[i]
             if text not in parsed:
-                parsed[text] = json.loads(text)
+                parsed[text] = fastjson.loads(text)
             values[i] = parsed[text]
         values[status_at] = _STATUS_OF[values[status_at]]
         if values[extra_at] is None:
@@ -578,7 +578,7 @@ def _decode(r: sqlite3.Row) -> JobRow:
     d = dict(r)
     for k in _JSON_COLUMNS:
         if d.get(k) is not None:
-            d[k] = json.loads(d[k])
+            d[k] = fastjson.loads(d[k])
     d["extra"] = d.get("extra") or {}
     d["status"] = JobStatus(d["status"])
     return JobRow(**d)
