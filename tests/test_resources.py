@@ -8,7 +8,7 @@ import os
 import pytest
 
 from trainjob.backends.local import memlimit
-from trainjob.backends.local.scheduler import Request
+from trainjob.backends.local.placement import Request
 from trainjob.resources import Resources, local_capacity, local_cpu_ids, parse_cpu, parse_memory, parse_resources
 
 GI, MI = 2**30, 2**20

@@ -17,7 +17,8 @@ import pytest
 import jobs
 from trainjob import CustomTrainer, JobFailedError, resources
 from trainjob.backends.local import memlimit, procs, scheduler
-from trainjob.backends.local.scheduler import Assignment, LeaseBook, Machine, NodeAssignment, Request, acquire, assign, placement_env
+from trainjob.backends.local.placement import Assignment, Machine, NodeAssignment, Request, assign, placement_env
+from trainjob.backends.local.scheduler import LeaseBook, acquire
 from trainjob.runtime import affinity
 from trainjob.store import JobRow, Store
 from trainjob.types import JobStatus
