@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from trainjob.backends.local import memlimit, procs
 from trainjob.backends.local.watch import ChangeWatch
+from trainjob.core.spec import JobSpec
 from trainjob.errors import BackendError
 from trainjob import resources
 from trainjob import contract
@@ -78,15 +79,14 @@ class Request:
     gpus: int = 0
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> "Request":
-        res = spec.get("resources") or {}
-        cpu = res.get("cpu")
+    def from_spec(cls, spec: JobSpec) -> "Request":
+        res = spec.resources
         return cls(
-            nodes=int(spec.get("num_nodes") or 1),
-            procs_per_node=int(spec.get("procs_per_node") or 1),
-            cpus=int(math.ceil(float(cpu) - 1e-9)) if cpu else 0,
-            memory=int(res.get("memory") or 0),
-            gpus=int(res.get("gpu") or 0),
+            nodes=spec.num_nodes,
+            procs_per_node=spec.procs_per_node,
+            cpus=int(math.ceil(float(res.cpu) - 1e-9)) if res.cpu else 0,
+            memory=int(res.memory or 0),
+            gpus=int(res.gpu or 0),
         )
 
     @property
@@ -444,7 +444,7 @@ class Grant:
 def acquire(
     store: Any,
     job_id: str,
-    spec: Mapping[str, Any],
+    spec: JobSpec,
     should_abort: Callable[[], bool],
     poll_interval: float = POLL_INTERVAL,
     wake_dirs: Iterable[Path] = (),
@@ -462,7 +462,7 @@ def acquire(
     """
     req = Request.from_spec(spec)
     machine = Machine.detect()
-    user_env = spec.get("env") or {}
+    user_env = spec.env
     if req.is_empty:
         if machine.gpu_ids:
             store.add_event(job_id, "ResourcesAssigned", "no GPU requested, so the job sees none (CUDA_VISIBLE_DEVICES=''); ask for resources_per_node={'gpu': N}")
@@ -472,7 +472,7 @@ def acquire(
         raise SchedulingError(problem)
     job = store.get_job(job_id)
     created = job.created_at if job else time.time()
-    limit_s = spec.get("active_deadline_seconds")
+    limit_s = spec.limits.active_deadline_seconds
     deadline = created + float(limit_s) if limit_s else None
     book = LeaseBook(store.path)
     watch = ChangeWatch.start([book.ring_dir, *wake_dirs])  # before the first pass: no ring is missed
