@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from trainjob.core.resume import carry_workdir, plan_resume
+from trainjob.core.spec import Entrypoint, FrozenMap, JobSpec, Tracking
 
 
 def _checkpoint(root: Path, step: int, complete: bool) -> Path:
@@ -124,10 +125,10 @@ def test_rank_env_contract():
     from trainjob import contract
     from trainjob.core.rank_env import free_port, rank_env
 
-    spec = {"enable_progression_tracking": True, "metrics_port": 28080, "custom_metrics": {"ppl": "perplexity"}}
+    spec = JobSpec(trainer="TransformersTrainer", entrypoint=Entrypoint("func_ref", func="m:f"), tracking=Tracking(enabled=True, metrics_port=28080, custom_metrics=FrozenMap({"ppl": "perplexity"})))
     env = rank_env(spec, job_id="j", job_dir=Path("/h/jobs/j"), attempt=2, resume=True)
     assert env[contract.TRACKING] == "1" and env[contract.RESUME] == "1" and env[contract.ATTEMPT] == "2" and env[contract.METRICS_PORT] == "28080"
     assert json.loads(env[contract.CUSTOM_METRICS]) == {"ppl": "perplexity"} and contract.RUN_DIR not in env
-    local = rank_env({}, job_id="j", job_dir=Path("/j"), attempt=0, resume=False, run_dir=Path("/j/run"), metrics_host="127.0.0.1", submit_dir="")
+    local = rank_env(JobSpec(trainer="CustomTrainer", entrypoint=Entrypoint("func_ref", func="m:f"), tracking=Tracking(metrics_port=0)), job_id="j", job_dir=Path("/j"), attempt=0, resume=False, run_dir=Path("/j/run"), metrics_host="127.0.0.1", submit_dir="")
     assert (local[contract.RUN_DIR], local[contract.TRACKING], local[contract.METRICS_PORT], local[contract.SUBMIT_DIR]) == ("/j/run", "0", "0", "")
     assert 0 < free_port() < 65536

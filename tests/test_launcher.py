@@ -9,9 +9,7 @@ from trainjob.backends.local.launcher import plan_launch
 
 
 def _spec(**kw):
-    spec = TransformersTrainer(func="pkg.mod:train", **kw).to_spec()
-    spec["submit_dir"] = "/submit"
-    return spec
+    return TransformersTrainer(func="pkg.mod:train", **kw).job_spec(submit_dir="/submit")
 
 
 def _plan(spec, **kw):

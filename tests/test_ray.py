@@ -706,7 +706,7 @@ def test_plan_maps_the_spec_to_ray():
     spec = CustomTrainer(
         func=jobs.quick_value, num_nodes=2, num_procs_per_node=2, resources_per_node={"cpu": 4, "memory": "8Gi", "gpu": 2},
         packages_to_install=["peft==0.21.2"], pip_index_urls=["https://a/simple", "https://b/simple"], env={"A": "1", "PYTHONUNBUFFERED": "0"},
-    ).to_spec()  # fmt: skip
+    ).job_spec()  # fmt: skip
     assert plan.scaling(spec) == {
         "num_workers": 4, "use_gpu": True, "placement_strategy": "SPREAD",
         "resources_per_worker": {"CPU": 2.0, "GPU": 1.0, "memory": float(4 * 2**30)},
@@ -717,18 +717,18 @@ def test_plan_maps_the_spec_to_ray():
     assert env["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
     assert env["uv"] == {"packages": ["peft==0.21.2"], "uv_pip_install_options": ["--index-url", "https://a/simple", "--extra-index-url", "https://b/simple", "--no-cache"]}
     assert plan.runtime_env(spec, None, "pip")["pip"]["pip_install_options"][:2] == ["--index-url", "https://a/simple"]
-    one_per_node = CustomTrainer(func=jobs.quick_value, num_nodes=3).to_spec()
+    one_per_node = CustomTrainer(func=jobs.quick_value, num_nodes=3).job_spec()
     assert plan.scaling(one_per_node) == {"num_workers": 3, "use_gpu": False, "resources_per_worker": {"CPU": 1.0}, "placement_strategy": "STRICT_SPREAD"}
-    assert plan.scaling(CustomTrainer(func=jobs.quick_value).to_spec())["placement_strategy"] == "STRICT_PACK"
+    assert plan.scaling(CustomTrainer(func=jobs.quick_value).job_spec())["placement_strategy"] == "STRICT_PACK"
     assert plan.entrypoint("abc123def456", "/opt/my env/python") == "'/opt/my env/python' -m trainjob.backends.ray.driver abc123def456"
 
 
 def test_script_jobs_ship_their_folder(tmp_path):
     (tmp_path / "train.py").write_text("print(1)\n")
-    spec = TransformersTrainer(script=str(tmp_path / "train.py")).to_spec()
+    spec = TransformersTrainer(script=str(tmp_path / "train.py")).job_spec()
     assert plan.working_dir(spec, None) == str(tmp_path)
-    assert plan.working_dir(CustomTrainer(func="pkg.mod:main").to_spec(), str(tmp_path)) == str(tmp_path)
-    assert plan.working_dir(CustomTrainer(func=jobs.quick_value).to_spec(), None) is None
+    assert plan.working_dir(CustomTrainer(func="pkg.mod:main").job_spec(), str(tmp_path)) == str(tmp_path)
+    assert plan.working_dir(CustomTrainer(func=jobs.quick_value).job_spec(), None) is None
 
 
 # ---- several nodes, each in its own network namespace ----------------------------------------

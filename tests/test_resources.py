@@ -8,6 +8,7 @@ import os
 import pytest
 
 from trainjob.backends.local import memlimit
+from trainjob.core.spec import JobSpec
 from trainjob.backends.local.placement import Request
 from trainjob.resources import Resources, local_capacity, local_cpu_ids, parse_cpu, parse_memory, parse_resources
 
@@ -67,7 +68,7 @@ def test_resources_per_node_forms(spec, expected):
     ],
 )
 def test_what_a_job_costs(resources, nodes, procs, expected):
-    req = Request.from_spec({"resources": resources, "num_nodes": nodes, "procs_per_node": procs})
+    req = Request.from_spec(JobSpec.from_dict({"resources": resources, "num_nodes": nodes, "procs_per_node": procs}))
     assert req == expected
     assert req.is_empty == (expected == Request(nodes, procs))
 

@@ -19,6 +19,7 @@ from trainjob import CustomTrainer, JobFailedError, resources
 from trainjob.backends.local import memlimit, procs, scheduler
 from trainjob.backends.local.placement import Assignment, Machine, NodeAssignment, Request, assign, placement_env
 from trainjob.backends.local.scheduler import LeaseBook, acquire
+from trainjob.core.spec import JobSpec
 from trainjob.runtime import affinity
 from trainjob.store import JobRow, Store
 from trainjob.types import JobStatus
@@ -61,11 +62,11 @@ def four_gpus(monkeypatch):
     monkeypatch.setattr(resources, "detect_gpus", lambda: ["0", "1", "2", "3"])
 
 
-def _job(store: Store, job_id: str, gpus: int) -> dict:
+def _job(store: Store, job_id: str, gpus: int) -> JobSpec:
     spec = {"num_nodes": 1, "procs_per_node": 1, "resources": {"cpu": None, "memory": None, "gpu": gpus}, "env": {}}
     store.insert_job(JobRow(id=job_id, name=job_id, backend="local", status=JobStatus.CREATED, created_at=time.time(), num_nodes=1, procs_per_node=1, spec=spec))
     time.sleep(0.01)  # distinct creation times: the queue order
-    return spec
+    return JobSpec.from_dict(spec)  # the stored form of an earlier release reads as a JobSpec
 
 
 def _acquire_in_thread(store, job_id, spec, should_abort, wake_dirs=()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from typing import Any, Callable, Iterable, Iterator
@@ -110,8 +111,9 @@ class TrainerClient:
                 UserWarning,
                 stacklevel=2,
             )
-        extras = JobExtras(labels=sub.labels, annotations=sub.annotations, initializers=steps)
-        return self.backend.train(sub.trainer, name=sub.name, resume_from=resume, extras=extras)
+        spec = sub.trainer.job_spec(resume_from=resume, initializers=steps, submit_dir=os.getcwd())  # the one JobSpec of the job
+        extras = JobExtras(labels=sub.labels, annotations=sub.annotations)
+        return self.backend.train(sub.trainer, spec, name=sub.name, extras=extras)
 
     # ---- read --------------------------------------------------------------------------
     def list_jobs(

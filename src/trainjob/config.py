@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+from trainjob.core.spec import DEFAULT_METRICS_HOST
 from trainjob.errors import Problem
 
 
@@ -27,7 +28,7 @@ class LocalBackendConfig:
     """
 
     home: str | os.PathLike | None = None
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = DEFAULT_METRICS_HOST
     warm_start: bool = True
     warm_idle_timeout: float | None = None  # None: $TRAINJOB_WARM_IDLE_TIMEOUT, else 600
 

@@ -11,6 +11,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainjob.core.spec import JobSpec
 
 # ---- environment variables given to every rank -------------------------------------------
 JOB_ID = "TRAINJOB_JOB_ID"
@@ -65,18 +69,19 @@ def write_json_atomic(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-def read_job_spec(job_dir: Path) -> dict:
+def read_job_spec(job_dir: Path) -> "JobSpec":
     """A job's real spec, for launching it: ``spec.json`` with ``secrets.json`` put back in.
 
     Only the processes that start the ranks (and the ranks, for their script arguments) read
     this; everything that shows a job reads the masked ``spec.json`` or the store.
     """
-    spec = json.loads((job_dir / SPEC_FILE).read_text())
+    from trainjob.core.spec import JobSpec
+
     try:
         hidden = json.loads((job_dir / SECRETS_FILE).read_text())
     except FileNotFoundError:
         hidden = {}
-    return {**spec, **hidden}
+    return JobSpec.from_json((job_dir / SPEC_FILE).read_text()).with_secrets(hidden)
 
 
 @dataclass(frozen=True)

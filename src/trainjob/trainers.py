@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import KW_ONLY, dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from trainjob.errors import Problem, ValidationError
-from trainjob.masking import is_secret_name, mask_spec
+from trainjob.core.spec import DEFAULT_EXIT_GRACE, DEFAULT_METRICS_PORT, DEFAULT_STOP_GRACE, JobSpec
+from trainjob.masking import is_secret_name
 from trainjob.resources import Resources, parse_resources
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -64,8 +65,8 @@ class CustomTrainer:
     max_restarts: int = 0
     # Ending: every job ends, whatever its code does (see docs/fault-tolerance.md).
     active_deadline_seconds: int | None = None  # Kubeflow's: past it the job fails with reason DeadlineExceeded
-    stop_grace_seconds: float = 60.0  # a stop (or deadline): time for ranks to save and end before SIGTERM
-    exit_grace_seconds: float = 30.0  # once a rank exited with its work done: time the others get to exit
+    stop_grace_seconds: float = DEFAULT_STOP_GRACE  # a stop (or deadline): time for ranks to save and end before SIGTERM
+    exit_grace_seconds: float = DEFAULT_EXIT_GRACE  # once a rank exited with its work done: time the others get to exit
     # Local backend: fork the ranks from the environment's warm process (imports done) when one is
     # ready; False: always start them as fresh processes (docs/warm-start.md).
     warm_start: bool = True
@@ -73,7 +74,7 @@ class CustomTrainer:
     # Not instrumented: no callback, no endpoint.
     enable_progression_tracking: bool = field(default=False, init=False)
     custom_metrics: dict[str, str] | None = field(default=None, init=False)
-    metrics_port: int = field(default=28080, init=False)
+    metrics_port: int = field(default=DEFAULT_METRICS_PORT, init=False)
 
     def __post_init__(self) -> None:
         if self.num_nodes is None:
@@ -102,24 +103,15 @@ class CustomTrainer:
             return self.num_procs_per_node
         return self.resources.gpu or 1
 
-    def to_spec(self, mask_secrets: bool = False) -> dict[str, Any]:
-        """A JSON-able description of the job (the function itself is not included).
+    def job_spec(self, **settings: Any) -> JobSpec:
+        """The job's typed spec (``trainjob.core.spec``); ``settings`` set further fields (``name``...)."""
+        return JobSpec.from_trainer(self, **settings)
 
-        With ``mask_secrets`` it is the form that may be stored and shown (``trainjob.masking``).
-        """
-        spec: dict[str, Any] = {"trainer": type(self).__name__, "entrypoint": self.entrypoint_kind}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "func":
-                value = value if isinstance(value, str) or value is None else _callable_name(value)
-            elif f.name == "func_args":
-                value = None if value is None else {k: _short_repr(v) for k, v in value.items()}
-            elif f.name == "script" and value is not None:
-                value = str(value)
-            spec[f.name] = value
-        spec["procs_per_node"] = self.procs_per_node()
-        spec["resources"] = self.resources.to_dict()
-        return mask_spec(spec) if mask_secrets else spec
+    def to_spec(self, mask_secrets: bool = False) -> dict[str, Any]:
+        """A JSON-able description of the job (the function itself is not included): ``job_spec()``
+        as the dict ``TrainJob.spec`` shows. With ``mask_secrets``, the form that may be stored and shown."""
+        spec = self.job_spec()
+        return (spec.shown() if mask_secrets else spec).to_dict()
 
     # ---- validation ---------------------------------------------------------------------
     def _validate(self) -> list[Problem]:
@@ -221,7 +213,7 @@ class TransformersTrainer(CustomTrainer):
     image: str | None = field(default=None, kw_only=True)
     enable_progression_tracking: bool = True
     custom_metrics: dict[str, str] | None = None
-    metrics_port: int = 28080
+    metrics_port: int = DEFAULT_METRICS_PORT
     # Seconds without a completed training step (ranks alive) after which the attempt fails with
     # the ranks' stacks in their logs; max_restarts then retries. None: never.
     progress_timeout: float | None = None
@@ -311,12 +303,3 @@ def _check_str_list(p: list[Problem], name: str, value: object, expected: str, a
     for i, item in enumerate(value):
         if not isinstance(item, str) or (not allow_empty_items and not item.strip()):
             p.append(Problem(f"{name}[{i}]", item, f"a non-empty string ({expected})"))
-
-
-def _callable_name(f: Callable) -> str:
-    return f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
-
-
-def _short_repr(v: object) -> str:
-    r = repr(v)
-    return r if len(r) <= 200 else r[:197] + "..."

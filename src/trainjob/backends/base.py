@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from trainjob.core.spec import JobSpec
 from trainjob.trainers import CustomTrainer
 from trainjob.types import Event, JobStatus, LogChunk, Result, Runtime, TrainJob
 
@@ -19,12 +20,10 @@ CHUNK_LINES = 5000  # most lines of a later one
 
 @dataclass(frozen=True)
 class JobExtras:
-    """What a job carries beside its trainer: Kubeflow's labels and annotations (stored and
-    shown), and the initializer steps (``trainjob.initializers.plan``) run before its ranks."""
+    """What a job carries beside its spec: Kubeflow's labels and annotations (stored and shown)."""
 
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
-    initializers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,11 @@ class Backend(ABC):
     name: str = "base"
 
     @abstractmethod
-    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None, extras: JobExtras | None = None) -> str:
+    def train(self, trainer: CustomTrainer, spec: JobSpec, name: str | None = None, extras: JobExtras | None = None) -> str:
         """Validate against the target, start the job, and return its name without waiting for it.
+
+        ``spec`` is the job's, built once by the client from ``trainer`` (which still carries the
+        function itself, for the payload); the backend adds only its own settings to it.
 
         ``name`` (already DNS-1035-checked by the client) becomes the job's identifier; one in
         use is a ``ValidationError``. None: 12 random characters.

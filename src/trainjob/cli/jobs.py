@@ -157,7 +157,9 @@ def metrics(
         common.dump(jsonable(entries))
     elif plot is None:
         if not entries:
-            err.print("no metrics logged yet" + ("" if c.get_job(job_id).spec.get("enable_progression_tracking", True) else " (progress tracking is off for this job)"))
+            from trainjob.core.spec import JobSpec
+
+            err.print("no metrics logged yet" + ("" if JobSpec.from_dict(c.get_job(job_id).spec).tracking.enabled else " (progress tracking is off for this job)"))
         else:
             out.print(metrics_table(entries))
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import PurePath
 from typing import Any
 
+from trainjob.core.spec import JobSpec
 from trainjob.types import Event, JobStatus, Result, Runtime, TrainJob
 
 # Keys of a logged entry that are bookkeeping, not metrics.
@@ -61,17 +62,7 @@ def jsonable(value: Any) -> Any:
 
 def entrypoint_text(spec: dict[str, Any]) -> str:
     """What the job runs, as a user would type it: ``pkg.mod:fn``, ``train.py --lr 1``, ``-m pkg.train``."""
-    kind = spec.get("entrypoint")
-    args = " ".join(spec.get("script_args") or [])
-    if kind in ("func", "func_ref"):
-        return str(spec.get("func") or "?")
-    if kind == "script":
-        return f"{spec.get('script')} {args}".strip()
-    if kind == "module":
-        return f"-m {spec.get('module')} {args}".strip()
-    if kind == "command":
-        return f"{spec.get('command')} {args}".strip()
-    return str(kind or "?")
+    return JobSpec.from_dict(spec).entrypoint.text()
 
 
 def job_record(job: TrainJob, progress: dict[str, Any] | None = None) -> dict[str, Any]:

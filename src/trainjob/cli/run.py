@@ -15,6 +15,7 @@ from trainjob.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, OUTCOME_EXIT, CliE
 from trainjob.cli.live import JobWatcher
 from trainjob.cli.records import job_record, result_record
 from trainjob.cli.render import fmt_duration, fmt_num, interesting, status_text
+from trainjob.core.spec import DEFAULT_EXIT_GRACE, DEFAULT_METRICS_PORT, DEFAULT_STOP_GRACE
 from trainjob.errors import Problem, ValidationError
 from trainjob.trainers import TransformersTrainer
 
@@ -80,14 +81,14 @@ def run(
     name: Annotated[Optional[str], typer.Option("--name", help="The job's name, its identifier (Kubeflow's Name option): lower-case letters, digits and '-', starting with a letter, at most 63 characters, unique. Default: 12 random characters.", show_default=False)] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", "-l", help="A label KEY=VALUE (repeatable); `trainjob ls -l KEY=VALUE` lists the jobs that carry it.", show_default=False)] = None,
     annotation: Annotated[Optional[list[str]], typer.Option("--annotation", help="An annotation KEY=VALUE (repeatable): stored and shown with the job.", show_default=False)] = None,
-    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of rank 0's progress endpoint (GET /metrics); 1024-65535.")] = 28080,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of rank 0's progress endpoint (GET /metrics); 1024-65535.")] = DEFAULT_METRICS_PORT,
     custom_metric: Annotated[Optional[list[str]], typer.Option("--custom-metric", help="Expose a logged value: LOGGED=EXPOSED (repeatable); an EXPOSED name starting with eval_ counts as an eval metric.", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Id of a stopped or failed job to continue from its newest complete checkpoint.", show_default=False)] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream logs and progress until the job ends; the exit code is its outcome.")] = False,
     progress_timeout: Annotated[Optional[float], typer.Option("--progress-timeout", help="Fail the attempt (stacks in the rank logs) when no training step completes for this many seconds after training began; --max-restarts retries it. Default: off.", show_default=False)] = None,
     deadline: Annotated[Optional[int], typer.Option("--deadline", help="active_deadline_seconds: past this many seconds from submission the job saves a checkpoint and fails with DeadlineExceeded.", show_default=False)] = None,
-    stop_grace: Annotated[float, typer.Option("--stop-grace", help="Seconds ranks get to save and end after a stop or the deadline, before SIGTERM.")] = 60.0,
-    exit_grace: Annotated[float, typer.Option("--exit-grace", help="Seconds the other ranks get to exit once one exited with its work done; then they are ended as hung.")] = 30.0,
+    stop_grace: Annotated[float, typer.Option("--stop-grace", help="Seconds ranks get to save and end after a stop or the deadline, before SIGTERM.")] = DEFAULT_STOP_GRACE,
+    exit_grace: Annotated[float, typer.Option("--exit-grace", help="Seconds the other ranks get to exit once one exited with its work done; then they are ended as hung.")] = DEFAULT_EXIT_GRACE,
     output: OutputOpt = Output.table,
 ) -> None:
     script_args = list(args or [])

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any, Mapping
+
 
 from trainjob import contract
+from trainjob.core.spec import JobSpec
 
 LOOPBACK = "127.0.0.1"
 
 
 def rank_env(
-    spec: Mapping[str, Any],
+    spec: JobSpec,
     *,
     job_id: str,
     job_dir: Path,
@@ -36,9 +37,9 @@ def rank_env(
         contract.JOB_ID: job_id,
         contract.JOB_DIR: str(job_dir),
         contract.ATTEMPT: str(attempt),
-        contract.TRACKING: "1" if spec.get("enable_progression_tracking") else "0",
-        contract.METRICS_PORT: str(spec.get("metrics_port") or 0),
-        contract.CUSTOM_METRICS: json.dumps(spec.get("custom_metrics") or {}),
+        contract.TRACKING: "1" if spec.tracking.enabled else "0",
+        contract.METRICS_PORT: str(spec.tracking.metrics_port or 0),
+        contract.CUSTOM_METRICS: json.dumps(dict(spec.tracking.custom_metrics)),
         contract.RESUME: "1" if resume else "0",
     }
     if run_dir is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from trainjob import contract, filesystems
 from trainjob.core.records import dump_return_value, error_record, record_traceback
+from trainjob.core.spec import JobSpec
 from trainjob.masking import secret_values
 from trainjob.runtime import affinity, done
 
@@ -68,32 +69,33 @@ def main() -> int:
     return 0
 
 
-def run_entrypoint(spec: dict[str, Any], job_dir: Path) -> Any:
+def run_entrypoint(spec: JobSpec, job_dir: Path) -> Any:
     """Run what the spec names; returns the function's value (None for scripts, modules, commands)."""
     import runpy
 
-    kind = spec["entrypoint"]
-    if kind in ("func", "func_ref"):
+    entry = spec.require_real("run_entrypoint").entrypoint
+    kind = entry.kind
+    if entry.is_function:
         from trainjob.payload import load_payload, resolve_func_ref
 
         func, kwargs = load_payload((job_dir / contract.PAYLOAD_FILE).read_bytes())
         if isinstance(func, str):  # "pkg.module:function", imported here in the rank
             func = resolve_func_ref(func)
         return func(**kwargs)
-    args = list(spec.get("script_args") or [])
+    args = list(entry.args)
     if kind == "command":  # a program (Kubeflow's TrainerCommand), in this rank's environment and folder
         import subprocess
 
-        subprocess.run([spec["command"], *args], check=True)  # CalledProcessError: its exit status is the rank's error
+        subprocess.run([entry.command, *args], check=True)  # CalledProcessError: its exit status is the rank's error
         return None
     if kind == "script":
-        script = spec["script"]
+        script = entry.script
         sys.argv = [script, *args]
         sys.path.insert(0, str(Path(script).parent))
         runpy.run_path(script, run_name="__main__")
         return None
-    sys.argv = [spec["module"], *args]
-    runpy.run_module(spec["module"], run_name="__main__", alter_sys=True)
+    sys.argv = [entry.module, *args]
+    runpy.run_module(entry.module, run_name="__main__", alter_sys=True)
     return None
 
 
@@ -130,7 +132,7 @@ def _secret_values() -> list[str]:
     """The job's secret values (to mask in a recorded error: it is stored and shown), if known here."""
     job_dir = os.environ.get(contract.JOB_DIR)
     try:
-        return secret_values(contract.read_job_spec(Path(job_dir))) if job_dir else []
+        return secret_values(contract.read_job_spec(Path(job_dir)).to_dict()) if job_dir else []
     except (OSError, ValueError):
         return []
 

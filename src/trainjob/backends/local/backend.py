@@ -8,6 +8,7 @@ Failed with the reason (``reconcile``), so a status is never stuck.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -28,8 +29,8 @@ from trainjob.config import LocalBackendConfig, bind_host_problem, warm_config_p
 from trainjob.core.names import name_in_use, new_job_id
 from trainjob.core.records import load_return_value
 from trainjob.core.resume import carry_workdir
+from trainjob.core.spec import JobSpec
 from trainjob.errors import JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, ValidationError
-from trainjob.masking import mask_spec
 from trainjob.payload import dumps_payload
 from trainjob.resources import format_bytes, local_capacity
 from trainjob.store import JobRow, Store
@@ -57,26 +58,21 @@ class LocalBackend(Backend):
         self._local_runtime = None
 
     # ---- submit ------------------------------------------------------------------------
-    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None, extras: JobExtras | None = None) -> str:
+    def train(self, trainer: CustomTrainer, spec: JobSpec, name: str | None = None, extras: JobExtras | None = None) -> str:
         extras = extras or JobExtras()
+        resume_from = spec.resume_from
         check_capacity(trainer)
         if name is not None and self.store.get_job(name) is not None:
             raise ValidationError([name_in_use(name)], "train()")
         source = self._resume_source(resume_from) if resume_from else None
         payload = dumps_payload(trainer.func, trainer.func_args) if trainer.func is not None else None
         job_id = name or new_job_id()
-        spec = trainer.to_spec()
-        spec.update(
-            {
-                "env": dict(trainer.env or {}),
-                "submit_dir": os.getcwd(),
-                "metrics_host": self.config.metrics_host,
-                "warm": {"enabled": self.config.warm_start, "idle_timeout": self.config.warm_idle_timeout},
-                "resume_from": resume_from,
-                "name": job_id,
-                "initializers": list(extras.initializers),  # run by the supervisor before the ranks (initializers.py)
-            }
+        spec = spec.replace(
+            name=job_id,
+            tracking=dataclasses.replace(spec.tracking, metrics_host=self.config.metrics_host),
+            warm=dataclasses.replace(spec.warm, backend_enabled=self.config.warm_start, idle_timeout=self.config.warm_idle_timeout),
         )
+        shown, hidden = spec.split()  # the real values live only in the job folder's secrets.json
         jobdir = JobDir.for_job(self.home, job_id)
         row = JobRow(
             id=job_id,
@@ -84,10 +80,10 @@ class LocalBackend(Backend):
             backend=self.name,
             status=JobStatus.CREATED,
             created_at=time.time(),
-            num_nodes=trainer.num_nodes,
-            procs_per_node=spec["procs_per_node"],
+            num_nodes=spec.num_nodes,
+            procs_per_node=spec.procs_per_node,
             supervisor_host=procs.this_host(),  # the supervisor starts here: readers on other hosts leave it alone
-            spec=mask_spec(spec),  # the real values live only in the job folder's secrets.json
+            spec=shown.to_record(),  # versioned; decoded into a JobSpec when read (_job_spec)
             labels=dict(extras.labels),
             annotations=dict(extras.annotations),
         )
@@ -98,10 +94,10 @@ class LocalBackend(Backend):
         except sqlite3.IntegrityError:
             raise ValidationError([name_in_use(job_id)], "train()") from None
         try:
-            jobdir.create(spec, payload)
+            jobdir.create(shown, hidden, payload)
             if source is not None:
                 carry_workdir(source.workdir, jobdir.workdir)
-            self.store.add_event(job_id, "Created", f"job created ({spec['trainer']}, {spec['entrypoint']})" + (f", resuming {resume_from}" if resume_from else ""))
+            self.store.add_event(job_id, "Created", f"job created ({spec.trainer}, {spec.entrypoint.kind})" + (f", resuming {resume_from}" if resume_from else ""))
             self._start_supervisor(job_id, jobdir)
         except BaseException:
             self.store.delete_job(job_id)
@@ -362,11 +358,17 @@ class _FromRow:
         job.__dict__[self.key] = value
 
 
+def _job_spec(job: StoredJob) -> JobSpec:
+    """The stored spec (masked), decoded once: this release's JSON or an earlier release's dict."""
+    row: JobRow = job.__dict__["_row"]
+    return JobSpec.from_dict(row.spec if row.spec is not None else json.loads(row.spec_text or "{}"))
+
+
 def _steps(job: StoredJob) -> list[Step]:
     row: JobRow = job.__dict__["_row"]
-    spec = row.spec if row.spec is not None else json.loads(row.spec_text or "{}")
-    initializers = spec.get("initializers") or []
-    device = "gpu" if (spec.get("resources") or {}).get("gpu") else "cpu"
+    spec = job.job_spec
+    initializers = spec.initializers
+    device = spec.device
     steps = [
         Step(
             name=s["name"],
@@ -385,9 +387,7 @@ def _steps(job: StoredJob) -> list[Step]:
 
 
 def _spec(job: StoredJob) -> dict[str, Any]:
-    row: JobRow = job.__dict__["_row"]
-    spec = row.spec if row.spec is not None else json.loads(row.spec_text or "{}")
-    return mask_spec(spec)  # stored masked; masked again for records written before the rules grew
+    return job.job_spec.shown_dict()
 
 
 def _time(column: str) -> Callable[[StoredJob], Any]:
@@ -409,6 +409,7 @@ class StoredJob(TrainJob):
     finished_at = _FromRow(_time("finished_at"))  # type: ignore[assignment]
     steps = _FromRow(_steps)  # type: ignore[assignment]
     spec = _FromRow(_spec)  # type: ignore[assignment]
+    job_spec = _FromRow(_job_spec)  # the typed, masked JobSpec (not a TrainJob field)
     labels = _FromRow(lambda job: dict(job.__dict__["_row"].labels or {}))  # type: ignore[assignment]
     annotations = _FromRow(lambda job: dict(job.__dict__["_row"].annotations or {}))  # type: ignore[assignment]
     job_dir = _FromRow(lambda job: JobDir.for_job(job.__dict__["_home"], job.id).root)  # type: ignore[assignment]

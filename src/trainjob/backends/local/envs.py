@@ -58,6 +58,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, Iterable, Mapping
 
+from trainjob.core.spec import JobSpec
 from trainjob.errors import BackendError
 from trainjob.masking import mask_text, mask_url, secret_values
 
@@ -293,7 +294,7 @@ def _base_site_dirs() -> list[str]:
 
 
 # ---- the job's entry point ---------------------------------------------------------------
-def prepare_for_job(spec: Mapping[str, Any], store: Any, job_id: str, job_dir: Any) -> PreparedEnv | None:
+def prepare_for_job(spec: JobSpec, store: Any, job_id: str, job_dir: Any) -> PreparedEnv | None:
     """Make (or reuse) the environment a job's ``packages_to_install`` need. Runs in its supervisor.
 
     Returns None when the job asks for no packages (it runs in the base environment). Records an
@@ -301,13 +302,13 @@ def prepare_for_job(spec: Mapping[str, Any], store: Any, job_id: str, job_dir: A
     the installer's output to the job's supervisor log. Raises PackageInstallError with the
     installer's message when the install fails; the cache is then left without an entry.
     """
-    packages = spec.get("packages_to_install") or []
+    packages = list(spec.packages.install)
     if not packages:
         return None
     t0 = time.monotonic()
     home = Path(job_dir.root).parent.parent  # $TRAINJOB_HOME/jobs/<id>
     with open(job_dir.supervisor_log, "a", encoding="utf-8", errors="replace") as log:
-        plan = plan_for(packages, spec.get("pip_index_urls"))
+        plan = plan_for(packages, list(spec.packages.index_urls))
         shown = ", ".join(plan.describe()["requirements"])
 
         def on_build_start() -> None:
@@ -326,7 +327,7 @@ def prepare_for_job(spec: Mapping[str, Any], store: Any, job_id: str, job_dir: A
     )
     if not cached:
         store.update_job(job_id, message=None)
-    env_path = (spec.get("env") or {}).get("PATH") or os.environ.get("PATH", os.defpath)
+    env_path = spec.env.get("PATH") or os.environ.get("PATH", os.defpath)
     return PreparedEnv(python=str(_python_of(path)), env={"VIRTUAL_ENV": str(path), "PATH": os.pathsep.join([str(path / "bin"), env_path])})
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainjob.backends.local.jobdir import JobDir
+from trainjob.core.spec import JobSpec
 from trainjob.errors import BackendError
 from trainjob.store import Store
 
@@ -33,19 +34,19 @@ def log_file(jobdir: JobDir, step: str) -> Path:
 
 
 def run_initializers(
-    store: Store, job_id: str, jobdir: JobDir, spec: dict[str, Any], python: str, extra_env: dict[str, str], should_abort: Callable[[], bool]
+    store: Store, job_id: str, jobdir: JobDir, spec: JobSpec, python: str, extra_env: dict[str, str], should_abort: Callable[[], bool]
 ) -> None:
     """Run every initializer step in order; raises ``InitializerFailed`` for the first that fails.
 
     A stop request (``should_abort``) ends a running step; the supervisor then records the stop.
     """
-    steps = spec.get("initializers") or []
+    steps = spec.initializers
     if not steps:
         return
     # The ranks' environment without the rank contract: the submitter's, the job's env, the
     # package environment's, and the submit folder on PYTHONPATH.
-    env = {**os.environ, **(spec.get("env") or {}), **extra_env}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), spec.get("submit_dir") or "") if p)
+    env = {**os.environ, **spec.env, **extra_env}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), spec.submit_dir or "") if p)
     statuses = {s["step"]: "Created" for s in steps}
     _record(store, job_id, statuses)
     for step in steps:

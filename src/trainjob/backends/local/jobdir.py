@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainjob import contract
-from trainjob.masking import split_spec
+from trainjob.core.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,14 @@ class JobDir:
     def secrets_file(self) -> Path:
         return self.root / contract.SECRETS_FILE
 
-    def create(self, spec: dict[str, Any], payload: bytes | None) -> None:
+    def create(self, shown: JobSpec, hidden: dict[str, Any], payload: bytes | None) -> None:
         """Make the folder tree and write the spec (and payload); files 0600, folders 0700.
 
-        ``spec`` is the real spec. ``spec.json`` gets it with secrets masked (safe to show or
-        attach to a bug report); the real values of the masked fields go to ``secrets.json``,
-        written only when there are any and read only by the supervisor and the ranks
-        (``read_spec``, ``contract.read_job_spec``).
+        ``shown, hidden = spec.split()``: ``spec.json`` gets the spec with secrets masked (safe to
+        show or attach to a bug report); the real values of the masked fields go to
+        ``secrets.json``, written only when there are any and read only by the supervisor and the
+        ranks (``read_spec``, ``contract.read_job_spec``).
         """
-        shown, hidden = split_spec(spec)
         old = os.umask(0o077)
         try:
             self.root.mkdir(parents=True, mode=0o700)
@@ -70,13 +69,13 @@ class JobDir:
                 fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:
                     json.dump(hidden, f, default=str)
-            self.spec_file.write_text(json.dumps(shown, indent=1, default=str))
+            self.spec_file.write_text(shown.require_masked().to_json(indent=1))
             if payload is not None:
                 self.payload_file.write_bytes(payload)
         finally:
             os.umask(old)
 
-    def read_spec(self) -> dict[str, Any]:
+    def read_spec(self) -> JobSpec:
         """The real spec (secrets included), for launching the job; never for showing it."""
         return contract.read_job_spec(self.root)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from trainjob import contract
 from trainjob.core.rank_env import LOOPBACK, rank_env
+from trainjob.core.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class NodeLaunch:
 
 
 def plan_launch(
-    spec: Mapping[str, Any],
+    spec: JobSpec,
     *,
     job_id: str,
     job_dir: Path,
@@ -47,16 +48,15 @@ def plan_launch(
     contract variables; the user's own ``PYTHONPATH`` is kept and their submit folder appended so
     modules next to their code import as they would with ``python train.py``.
     """
-    nnodes = int(spec["num_nodes"])
-    nproc = int(spec["procs_per_node"])
-    world = nnodes * nproc
+    spec.require_real("plan_launch")  # the ranks get the real env values and arguments
+    nnodes, nproc, world = spec.num_nodes, spec.procs_per_node, spec.world_size
     run_dir = job_dir / contract.RUN
     logs = job_dir / contract.LOGS / f"attempt-{attempt}"
 
     env = dict(base_env)
-    env.update(spec.get("env") or {})
+    env.update(spec.env)
     env.update(extra_env or {})
-    submit_dir = spec.get("submit_dir") or ""
+    submit_dir = spec.submit_dir or ""
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), submit_dir) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from trainjob import contract, resources
+from trainjob.core.spec import JobSpec
 from trainjob.resources import format_bytes
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -30,15 +31,14 @@ class Request:
     gpus: int = 0
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> "Request":
-        res = spec.get("resources") or {}
-        cpu = res.get("cpu")
+    def from_spec(cls, spec: JobSpec) -> "Request":
+        res = spec.resources
         return cls(
-            nodes=int(spec.get("num_nodes") or 1),
-            procs_per_node=int(spec.get("procs_per_node") or 1),
-            cpus=int(math.ceil(float(cpu) - 1e-9)) if cpu else 0,
-            memory=int(res.get("memory") or 0),
-            gpus=int(res.get("gpu") or 0),
+            nodes=spec.num_nodes,
+            procs_per_node=spec.procs_per_node,
+            cpus=int(math.ceil(float(res.cpu) - 1e-9)) if res.cpu else 0,
+            memory=int(res.memory or 0),
+            gpus=int(res.gpu or 0),
         )
 
     @property

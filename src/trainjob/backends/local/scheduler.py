@@ -46,11 +46,12 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 from trainjob.backends.local import memlimit, procs
 from trainjob.backends.local.placement import Assignment, Machine, Request, assign, describe_free, free_resources, never_fits, placement_env
 from trainjob.backends.local.watch import ChangeWatch
+from trainjob.core.spec import JobSpec
 from trainjob.errors import BackendError
 from trainjob import contract
 from trainjob.store.sqlite import Database
@@ -263,7 +264,7 @@ class Grant:
 def acquire(
     store: Any,
     job_id: str,
-    spec: Mapping[str, Any],
+    spec: JobSpec,
     should_abort: Callable[[], bool],
     poll_interval: float = POLL_INTERVAL,
     wake_dirs: Iterable[Path] = (),
@@ -281,7 +282,7 @@ def acquire(
     """
     req = Request.from_spec(spec)
     machine = Machine.detect()
-    user_env = spec.get("env") or {}
+    user_env = spec.env
     if req.is_empty:
         if machine.gpu_ids:
             store.add_event(job_id, "ResourcesAssigned", "no GPU requested, so the job sees none (CUDA_VISIBLE_DEVICES=''); ask for resources_per_node={'gpu': N}")
@@ -291,7 +292,7 @@ def acquire(
         raise SchedulingError(problem)
     job = store.get_job(job_id)
     created = job.created_at if job else time.time()
-    limit_s = spec.get("active_deadline_seconds")
+    limit_s = spec.limits.active_deadline_seconds
     deadline = created + float(limit_s) if limit_s else None
     book = LeaseBook(store.path)
     watch = ChangeWatch.start([book.ring_dir, *wake_dirs])  # before the first pass: no ring is missed

@@ -69,7 +69,7 @@ class Supervisor:
         self.python = sys.executable
         self.extra_env: dict[str, str] = {}
         self.grant = None  # the scheduler's Grant, once resources are acquired
-        self.world = int(self.spec["num_nodes"]) * int(self.spec["procs_per_node"])
+        self.world = self.spec.world_size
         self.attempt: Attempt | None = None  # the attempt whose processes run now
         self.deadline_exceeded = False  # active_deadline_seconds passed: the stop that follows is a failure
         self.created_at = time.time()  # replaced by the job's creation time in run()
@@ -161,8 +161,8 @@ class Supervisor:
         ``TRAINJOB_RESUME=1``, so each ``Trainer.train()`` continues from the newest complete
         checkpoint in its ``output_dir``.
         """
-        max_restarts = int(self.spec.get("max_restarts") or 0)
-        resume = bool(self.spec.get("resume_from"))
+        max_restarts = self.spec.limits.max_restarts
+        resume = bool(self.spec.resume_from)
         first_error: dict | None = None
         cause: str | None = None
         attempt_no = 0
@@ -202,14 +202,14 @@ class Supervisor:
             base_env=os.environ,
             python=self.python,
             master_port=free_port(),
-            metrics_host=self.spec.get("metrics_host") or "127.0.0.1",
+            metrics_host=self.spec.tracking.metrics_host,
             extra_env=self.extra_env,
             resume=resume,
             cpus=local_capacity().cpus,
         )
         attempt = Attempt(number)
         self.attempt = attempt
-        nproc = int(self.spec["procs_per_node"])
+        nproc = self.spec.procs_per_node
         # Warm start (backends/local/warm): the nodes forked from the environment's warm process, or None: cold.
         warm = warm_start.start_nodes(plans, spec=self.spec, home=self.home, python=self.python, run_dir=self.dir.run_dir, attempt=number)
         for i, plan in enumerate(plans):
@@ -225,7 +225,7 @@ class Supervisor:
                 self.dir.run_dir / contract.PIDS_DIR / f"node-{plan.node_rank}.json", {"pid": proc.pid, "start": procs.start_time(proc.pid)}
             )
         steps = [
-            {"name": f"node-{p.node_rank}", "status": "Running", "pid": n.pid, "device": "gpu" if self.spec["resources"].get("gpu") else "cpu", "device_count": nproc}
+            {"name": f"node-{p.node_rank}", "status": "Running", "pid": n.pid, "device": self.spec.device, "device_count": nproc}
             for p, n in zip(plans, attempt.nodes)
         ]
         message = f"attempt {number}: restarted after {restarted_after}" if restarted_after else None
@@ -240,11 +240,11 @@ class Supervisor:
         failed_at: float | None = None
         stop_phase: str | None = None  # None -> "graceful" -> "term" -> "kill"
         deadline = 0.0
-        tracking = bool(self.spec.get("enable_progression_tracking"))
+        tracking = self.spec.tracking.enabled
         watch = HangWatch(
             world=self.world,
-            exit_grace=float(self.spec.get("exit_grace_seconds") or 30.0),
-            progress_timeout=self.spec.get("progress_timeout") if tracking else None,
+            exit_grace=self.spec.limits.exit_grace_seconds,
+            progress_timeout=self.spec.tracking.progress_timeout if tracking else None,
         )
         next_hang_check = 0.0
         while len(attempt.exit_codes) < len(attempt.nodes):
@@ -276,7 +276,7 @@ class Supervisor:
                     self._end_hung(attempt, hang)
                     continue
             if stop_phase is None and self._stopping():
-                stop_grace = float(self.spec.get("stop_grace_seconds") or 60.0)
+                stop_grace = self.spec.limits.stop_grace_seconds
                 if tracking and self._in_training(attempt):
                     stop_phase, deadline = "graceful", time.monotonic() + stop_grace
                     self.store.add_event(self.job_id, "Stopping", f"{self._stop_reason()}: the ranks agree on a step, save a checkpoint there and end")
@@ -588,12 +588,12 @@ class Supervisor:
 
     def _deadline_passed(self) -> bool:
         if not self.deadline_exceeded:
-            self.deadline_exceeded = deadline_passed(self.spec.get("active_deadline_seconds"), self.created_at, time.time())
+            self.deadline_exceeded = deadline_passed(self.spec.limits.active_deadline_seconds, self.created_at, time.time())
         return self.deadline_exceeded
 
     def _stop_reason(self) -> str:
         how = "by SIGTERM to the supervisor" if self.stop_requested else "on request"
-        return stop_reason(self.deadline_exceeded, self.spec.get("active_deadline_seconds"), how)
+        return stop_reason(self.deadline_exceeded, self.spec.limits.active_deadline_seconds, how)
 
     def _stopped_outcome(self, where: str) -> tuple[JobStatus, str, dict | None]:
         return stopped_outcome(self._stop_reason(), where, self.deadline_exceeded)
@@ -626,7 +626,7 @@ class Supervisor:
         ckpt = latest_complete(output_dir)
         return result_record(
             metrics=self.store.metrics(self.job_id),
-            custom_metrics=self.spec.get("custom_metrics"),
+            custom_metrics=self.spec.tracking.custom_metrics,
             train_end=(self.collector.last_event.get("TrainEnd") or {}).get("data"),
             checkpoint=str(ckpt) if ckpt else None,
             checkpoints=[str(p) for p in list_checkpoints(output_dir)],

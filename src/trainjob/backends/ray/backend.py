@@ -34,7 +34,8 @@ from trainjob.core.records import load_return_value
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, SerializationError, ValidationError
 from trainjob.payload import dumps_payload
 from trainjob.resources import format_bytes
-from trainjob.masking import mask_spec, mask_url, split_spec
+from trainjob.core.spec import JobSpec
+from trainjob.masking import mask_url
 from trainjob.trainers import CustomTrainer
 from trainjob.types import Event, JobStatus, Result, Step, TrainJob
 
@@ -105,6 +106,11 @@ class _Snapshot:
     status: JobStatus = JobStatus.CREATED
     message: str | None = None
 
+    @property
+    def spec(self) -> JobSpec:
+        """The record's spec (masked), decoded: this release's JSON or an earlier release's dict."""
+        return JobSpec.from_dict(self.record["spec"])
+
 
 class RayBackend(Backend):
     name = "ray"
@@ -167,17 +173,17 @@ class RayBackend(Backend):
             ) from e
 
     # ---- submit ------------------------------------------------------------------------
-    def train(self, trainer: CustomTrainer, name: str | None = None, resume_from: str | None = None, extras: JobExtras | None = None) -> str:
+    def train(self, trainer: CustomTrainer, spec: JobSpec, name: str | None = None, extras: JobExtras | None = None) -> str:
         from trainjob.core.names import name_in_use, new_job_id
 
         extras = extras or JobExtras()
+        resume_from = spec.resume_from
         if getattr(trainer, "progress_timeout", None) is not None:
             # Ray Train owns its workers: nothing here could dump and end a stalled one.
             raise ValidationError([Problem("progress_timeout", trainer.progress_timeout, "None on the Ray backend (a local-backend feature; use active_deadline_seconds to bound a job)")], "train()")
         conn = self.conn
         if resume_from is not None:
             self._check_resume_source(resume_from)
-        spec = trainer.to_spec()
         if self.config.check_resources:
             self._check_resources(trainer, spec)
         _check_no_index_credentials(spec)
@@ -185,11 +191,11 @@ class RayBackend(Backend):
             raise ValidationError([name_in_use(name)], "train()")  # a trainjob job, or any Ray job with this submission id
         job_id = name or new_job_id()
         keys = Keys(job_id)
-        spec.update({"env": dict(trainer.env or {}), "name": job_id, "resume_from": resume_from, "initializers": list(extras.initializers)})  # run by the driver (initializers.py)
         # The record (and Ray's runtime_env, which Ray's dashboard shows) get the masked spec;
         # the real values of masked fields travel in their own GCS key, read by the ranks.
-        spec, hidden = split_spec(spec)
-        public_env = {k: v for k, v in (trainer.env or {}).items() if spec["env"].get(k) == v}
+        real = spec.replace(name=job_id)
+        spec, hidden = real.split()
+        public_env = {k: v for k, v in real.env.items() if spec.env.get(k) == v}
         runtime_env = plan.runtime_env(spec, public_env, self.config.installer, plan.working_dir(spec, self.config.working_dir))
         record = {
             "id": job_id,
@@ -197,7 +203,7 @@ class RayBackend(Backend):
             "labels": dict(extras.labels),
             "annotations": dict(extras.annotations),
             "created_at": time.time(),
-            "spec": spec,
+            "spec": spec.to_record(),
             "home": str(self.config.home) if self.config.home else None,
             "resume_from": resume_from,
             "submitted_from": os.uname().nodename,
@@ -212,7 +218,7 @@ class RayBackend(Backend):
             if hidden:
                 kv.put_json(keys.secrets, hidden)
             EventWriter(kv, keys, "cli")(
-                "Created", f"job created ({spec['trainer']}, {spec['entrypoint']}) on Ray at {conn.dashboard}" + (f", resuming {resume_from}" if resume_from else "")
+                "Created", f"job created ({spec.trainer}, {spec.entrypoint.kind}) on Ray at {conn.dashboard}" + (f", resuming {resume_from}" if resume_from else "")
             )
             submission = {
                 "entrypoint": plan.entrypoint(job_id, self.config.python),
@@ -238,7 +244,7 @@ class RayBackend(Backend):
         if not snap.status.is_terminal:
             raise JobStateError(f"cannot resume job {job_id}: it is {snap.status.value}; stop it first (stop_job) and wait until it is Stopped")
 
-    def _check_resources(self, trainer: CustomTrainer, spec: dict[str, Any]) -> None:
+    def _check_resources(self, trainer: CustomTrainer, spec: JobSpec) -> None:
         """A job Ray could never place would wait forever: say so now.
 
         Checked against the nodes alive now: one worker must fit on some node; a one-node job
@@ -254,7 +260,7 @@ class RayBackend(Backend):
             return
         scale = plan.scaling(spec)
         per_worker, strategy = scale["resources_per_worker"], scale["placement_strategy"]
-        nnodes, nproc = int(spec["num_nodes"]), int(spec["procs_per_node"])
+        nnodes, nproc = spec.num_nodes, spec.procs_per_node
 
         def fits(node: dict[str, float], workers: int) -> bool:
             return all(node.get(k, 0) >= v * workers for k, v in per_worker.items())
@@ -380,7 +386,7 @@ class RayBackend(Backend):
                     "ray_error_type": snap.info.error_type if snap.info is not None else None,  # e.g. RUNTIME_ENV_SETUP_FAILURE
                 }
                 status = JobStatus.FAILED
-            record_outcome(kv, keys, EventWriter(kv, keys, "cli"), status, msg, error, compute_result(kv, keys, snap.record["spec"], None))
+            record_outcome(kv, keys, EventWriter(kv, keys, "cli"), status, msg, error, compute_result(kv, keys, snap.spec, None))
             fresh = kv.get_json(keys.outcome)
         snap.outcome = fresh
 
@@ -443,10 +449,10 @@ class RayBackend(Backend):
         ``dataset-initializer``: the step's output on every node (kept in the GCS once it ended).
         """
         snap = self._snapshot(job_id)
-        if step in [s["step"] for s in snap.record["spec"].get("initializers") or []]:
+        spec = snap.spec
+        if step in [s["step"] for s in spec.initializers]:
             return self._stream_logs(job_id, lambda backend, job_id: [(f"init:{job_id}/{step}", "")], follow)
-        world = int(snap.record["spec"]["num_nodes"]) * int(snap.record["spec"]["procs_per_node"])
-        nodes = int(snap.record["spec"]["num_nodes"])
+        world, nodes = spec.world_size, spec.num_nodes
         sources = _log_sources(step, nodes, world)
         return self._stream_logs(job_id, sources, follow)
 
@@ -562,23 +568,23 @@ class RayBackend(Backend):
             raise JobNotFoundError(job_id)
 
     def _to_job(self, snap: _Snapshot) -> TrainJob:
-        spec = snap.record["spec"]
-        device = "gpu" if (spec.get("resources") or {}).get("gpu") else "cpu"
+        spec = snap.spec
+        device = spec.device
         by_node: dict[int, list[dict[str, Any]]] = {}
         for r in snap.ranks:
             by_node.setdefault(int(r.get("node_rank", 0)), []).append(r)
         steps = [
             Step(f"node-{k}", snap.status, device, len(rs), tuple(int(r["pid"]) for r in sorted(rs, key=lambda r: r["rank"]) if r.get("pid")), f"{snap.job_id}-node-{k}")
             for k, rs in sorted(by_node.items())
-        ] or [Step(f"node-{i}", snap.status, device, int(spec["procs_per_node"]), pod_name=f"{snap.job_id}-node-{i}") for i in range(int(spec["num_nodes"]))]
-        if spec.get("initializers"):
+        ] or [Step(f"node-{i}", snap.status, device, spec.procs_per_node, pod_name=f"{snap.job_id}-node-{i}") for i in range(spec.num_nodes)]
+        if spec.initializers:
             init = self.conn.kv.get_json(Keys(snap.job_id).initializers) or {}
 
             def step_status(name: str) -> JobStatus:
                 status = JobStatus.parse(init.get(name) or "Created")
                 return snap.status if status == JobStatus.RUNNING and snap.status.is_terminal else status  # the driver ended meanwhile
 
-            steps = [Step(s["step"], step_status(s["step"]), "cpu", 1, pod_name=f"{snap.job_id}-{s['step']}") for s in spec["initializers"]] + steps
+            steps = [Step(s["step"], step_status(s["step"]), "cpu", 1, pod_name=f"{snap.job_id}-{s['step']}") for s in spec.initializers] + steps
         first_attempt = self.conn.kv.get_json(Keys(snap.job_id).attempt(0)) if snap.status != JobStatus.CREATED else None
         finished = (snap.outcome or {}).get("finished_at")
         annotations = dict(snap.record.get("annotations") or {})
@@ -592,12 +598,12 @@ class RayBackend(Backend):
             created_at=utc(snap.record["created_at"]),
             started_at=utc(first_attempt["time"]) if first_attempt else None,
             finished_at=utc(finished) if finished and snap.status.is_terminal else None,
-            num_nodes=int(spec["num_nodes"]),
-            procs_per_node=int(spec["procs_per_node"]),
+            num_nodes=spec.num_nodes,
+            procs_per_node=spec.procs_per_node,
             attempt=snap.attempt,
             steps=steps,
             message=snap.message,
-            spec=mask_spec(spec),  # stored masked; masked again for records written before the rules grew
+            spec=spec.shown_dict(),
             job_dir=Path(snap.driver["job_dir"]) if (snap.driver or {}).get("job_dir") else None,
             runtime=self._runtime(),
             labels=dict(snap.record.get("labels") or {}),
@@ -760,7 +766,7 @@ def _dashboard_of(kv: KV, cluster_host: str) -> str:
     return f"http://{host}:{port}"
 
 
-def _check_no_index_credentials(spec: dict[str, Any]) -> None:
+def _check_no_index_credentials(spec: JobSpec) -> None:
     """Refuse URL credentials in ``pip_index_urls``/``packages_to_install`` on Ray.
 
     Ray installs a job's packages from its ``runtime_env``, which Ray's dashboard shows to anyone
@@ -770,8 +776,8 @@ def _check_no_index_credentials(spec: dict[str, Any]) -> None:
     problems = [
         Problem(f"{name}[{i}]", url, "a URL without credentials on Ray (Ray's dashboard shows a job's runtime_env): put them in a netrc file "
                 "(~/.netrc, or $NETRC) on every node, or in the nodes' UV_INDEX_URL when they start Ray; the local backend passes them to uv privately")
-        for name in ("pip_index_urls", "packages_to_install")
-        for i, url in enumerate(spec.get(name) or [])
+        for name, urls in (("pip_index_urls", spec.packages.index_urls), ("packages_to_install", spec.packages.install))
+        for i, url in enumerate(urls)
         if isinstance(url, str) and mask_url(url) != url
     ]  # fmt: skip
     if problems:

@@ -21,14 +21,14 @@ from typing import Any
 from trainjob import contract
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.outcome import checkpoints_of, compute_result, record_outcome
-from trainjob.backends.ray.state import KV, EventWriter, Keys, dumps, last_event, read_events
+from trainjob.backends.ray.state import KV, EventWriter, Keys, last_event, read_events
 from trainjob.backends.ray.worker import job_secret_values, root_cause
 from trainjob.core.outcome import deadline_passed, failure_message, stop_reason, stopped_outcome
 from trainjob.core.records import error_record
 from trainjob.core.resume import carry_workdir
+from trainjob.core.spec import JobSpec
 from trainjob.types import JobStatus
 
-STOP_GRACE = 60.0  # default stop_grace_seconds: ranks get this long to save a checkpoint and end after a stop
 MONITOR_INTERVAL = 0.5
 
 
@@ -41,8 +41,8 @@ class Driver:
         if record is None:
             raise RuntimeError(f"job {job_id} has no record in the Ray GCS (namespace trainjob); was it deleted?")
         self.record = record
-        self.spec: dict[str, Any] = record["spec"]
-        self.tracking = bool(self.spec.get("enable_progression_tracking"))
+        self.spec = JobSpec.from_dict(record["spec"])  # masked: the ranks put the secrets back (worker.train_loop)
+        self.tracking = self.spec.tracking.enabled
         self.event = EventWriter(kv, self.keys, "drv")
         home = Path(record.get("home") or contract.home()).expanduser()
         self.job_dir = (home / "jobs" / job_id).resolve()
@@ -68,7 +68,7 @@ class Driver:
         self.event("Queued", f"driver started; waiting for Ray to place {plan.describe_scaling(scale)}", {"scaling": scale})
         monitor = threading.Thread(target=self._watch_stop, name="trainjob-stop-monitor", daemon=True)
         monitor.start()
-        if self.spec.get("initializers"):
+        if self.spec.initializers:
             from trainjob.backends.ray.initializers import InitializerFailed, run_initializers
 
             try:
@@ -91,7 +91,7 @@ class Driver:
         from trainjob.backends.ray.callbacks import FailureRecorder
         from trainjob.backends.ray.worker import train_loop
 
-        config = {"job_id": self.job_id, "job_dir": str(self.job_dir), "spec": self.spec, "resume_from": self.record.get("resume_from")}
+        config = {"job_id": self.job_id, "job_dir": str(self.job_dir), "spec": self.spec.to_json(), "resume_from": self.record.get("resume_from")}
         return TorchTrainer(
             train_loop,
             train_loop_config=config,
@@ -99,7 +99,7 @@ class Driver:
             run_config=RunConfig(
                 name=f"trainjob-{self.job_id}",
                 storage_path=str(self.job_dir / "ray"),
-                failure_config=FailureConfig(max_failures=int(self.spec.get("max_restarts") or 0)),
+                failure_config=FailureConfig(max_failures=self.spec.limits.max_restarts),
                 callbacks=[FailureRecorder(self.job_id)],
             ),
         )
@@ -109,9 +109,8 @@ class Driver:
         old = os.umask(0o077)
         try:
             (self.job_dir / contract.WORKDIR).mkdir(parents=True, exist_ok=True)
-            (self.job_dir / contract.SPEC_FILE).write_text(dumps(self.spec))
-            kind = self.spec["entrypoint"]
-            if kind in ("func", "func_ref"):
+            (self.job_dir / contract.SPEC_FILE).write_text(self.spec.to_json())
+            if self.spec.entrypoint.is_function:
                 (self.job_dir / contract.PAYLOAD_FILE).write_bytes(self.kv.get(self.keys.payload) or b"")
             source = self.record.get("resume_from")
             if source:
@@ -133,7 +132,7 @@ class Driver:
         not placed yet has nobody to save anything: both are ended at once.
         """
         deadline = None
-        stop_grace = float(self.spec.get("stop_grace_seconds") or STOP_GRACE)
+        stop_grace = self.spec.limits.stop_grace_seconds
         while True:
             time.sleep(MONITOR_INTERVAL)
             try:
@@ -159,11 +158,11 @@ class Driver:
     def _deadline_passed(self) -> bool:
         if not self.deadline_exceeded:
             created = float(self.record.get("created_at") or time.time())
-            self.deadline_exceeded = deadline_passed(self.spec.get("active_deadline_seconds"), created, time.time())
+            self.deadline_exceeded = deadline_passed(self.spec.limits.active_deadline_seconds, created, time.time())
         return self.deadline_exceeded
 
     def _stop_reason(self) -> str:
-        return stop_reason(self.deadline_exceeded, self.spec.get("active_deadline_seconds"))
+        return stop_reason(self.deadline_exceeded, self.spec.limits.active_deadline_seconds)
 
     def _stopped(self, where: str) -> tuple[JobStatus, str, dict | None]:
         return stopped_outcome(self._stop_reason(), where, self.deadline_exceeded)
@@ -187,7 +186,7 @@ class Driver:
         if exc is None:
             return JobStatus.COMPLETE, None, None
         first = self._first_error(exc)
-        return JobStatus.FAILED, failure_message(first, int(self.spec.get("max_restarts") or 0)), first
+        return JobStatus.FAILED, failure_message(first, self.spec.limits.max_restarts), first
 
     def _first_error(self, exc: BaseException) -> dict[str, Any]:
         """The first failure of the earliest failed attempt; else what Ray Train raised."""

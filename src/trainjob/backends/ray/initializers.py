@@ -25,15 +25,16 @@ from typing import Any, Callable
 
 from trainjob import contract
 from trainjob.backends.ray.state import KV, Keys
+from trainjob.core.spec import JobSpec
 
 
 class InitializerFailed(RuntimeError):
     """An initializer step could not put its model or dataset in place on some node."""
 
 
-def run_initializers(kv: KV, keys: Keys, event: Callable[..., None], job_dir: Path, spec: dict[str, Any], per_worker: dict[str, float]) -> None:
+def run_initializers(kv: KV, keys: Keys, event: Callable[..., None], job_dir: Path, spec: JobSpec, per_worker: dict[str, float]) -> None:
     """Run every initializer step in order on every node that can host a rank; raises ``InitializerFailed`` for the first that fails."""
-    steps = spec.get("initializers") or []
+    steps = spec.initializers
     if not steps:
         return
     import ray

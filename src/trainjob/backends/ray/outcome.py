@@ -13,6 +13,7 @@ from typing import Any
 from trainjob.backends.ray.state import KV, EventWriter, Keys, last_event, read_events, read_metrics
 from trainjob.core import events
 from trainjob.core.outcome import result_record
+from trainjob.core.spec import JobSpec
 from trainjob.types import JobStatus
 
 
@@ -32,12 +33,12 @@ def checkpoints_of(kv: KV, keys: Keys) -> dict[str, Any]:
     return rec
 
 
-def compute_result(kv: KV, keys: Keys, spec: dict[str, Any], default_output_dir: str | None) -> dict[str, Any]:
+def compute_result(kv: KV, keys: Keys, spec: JobSpec, default_output_dir: str | None) -> dict[str, Any]:
     """The job's result from what its ranks reported: latest metrics, checkpoints, best checkpoint."""
     ckpts = checkpoints_of(kv, keys)
     return result_record(
         metrics=read_metrics(kv, keys),
-        custom_metrics=spec.get("custom_metrics"),
+        custom_metrics=spec.tracking.custom_metrics,
         train_end=(last_event(read_events(kv, keys), "TrainEnd") or {}).get("data"),
         checkpoint=ckpts.get("checkpoint"),
         checkpoints=ckpts.get("checkpoints") or [],

@@ -10,6 +10,8 @@ from __future__ import annotations
 import shlex
 from typing import Any, Mapping
 
+from trainjob.core.spec import JobSpec
+
 # Set in every job unless the user's ``env`` says otherwise.
 DEFAULT_ENV = {
     "PYTHONUNBUFFERED": "1",
@@ -29,7 +31,7 @@ def entrypoint(job_id: str, python: str = "python") -> str:
     return f"{shlex.quote(python)} -m trainjob.backends.ray.driver {shlex.quote(job_id)}"
 
 
-def runtime_env(spec: Mapping[str, Any], env: Mapping[str, str] | None, installer: str = "uv", working_dir: str | None = None) -> dict[str, Any]:
+def runtime_env(spec: JobSpec, env: Mapping[str, str] | None, installer: str = "uv", working_dir: str | None = None) -> dict[str, Any]:
     """The Ray runtime environment of a job: ``env`` -> ``env_vars`` (every worker gets them),
     ``packages_to_install`` -> ``uv`` (or ``pip``) with ``pip_index_urls`` as index options, and
     ``working_dir`` (a local folder Ray uploads and puts first on every worker's ``PYTHONPATH``).
@@ -40,9 +42,9 @@ def runtime_env(spec: Mapping[str, Any], env: Mapping[str, str] | None, installe
     out: dict[str, Any] = {"env_vars": {**DEFAULT_ENV, **(env or {})}}
     if working_dir:
         out["working_dir"] = str(working_dir)
-    packages = list(spec.get("packages_to_install") or [])
+    packages = list(spec.packages.install)
     if packages:
-        options = index_options(spec.get("pip_index_urls") or [])
+        options = index_options(list(spec.packages.index_urls))
         if installer == "uv":
             out["uv"] = {"packages": packages, "uv_pip_install_options": options + ["--no-cache"]}
         elif installer == "pip":
@@ -60,18 +62,18 @@ def index_options(urls: list[str]) -> list[str]:
     return opts
 
 
-def working_dir(spec: Mapping[str, Any], configured: str | None) -> str | None:
+def working_dir(spec: JobSpec, configured: str | None) -> str | None:
     """What to ship: a script job's own folder (modules next to the script import as with
     ``python train.py``), else the configured folder (code of module and function-reference jobs
     that is not installed on the nodes), else nothing (a pickled function travels in the GCS)."""
-    if spec.get("entrypoint") == "script" and spec.get("script"):
+    if spec.entrypoint.kind == "script" and spec.entrypoint.script:
         import os
 
-        return os.path.dirname(os.path.abspath(str(spec["script"])))
+        return os.path.dirname(os.path.abspath(spec.entrypoint.script))
     return str(configured) if configured else None
 
 
-def scaling(spec: Mapping[str, Any]) -> dict[str, Any]:
+def scaling(spec: JobSpec) -> dict[str, Any]:
     """``ScalingConfig`` keyword arguments: one Ray Train worker per rank.
 
     ``resources_per_node`` is split evenly between the node's ranks. ``num_nodes > 1`` spreads
@@ -79,15 +81,13 @@ def scaling(spec: Mapping[str, Any]) -> dict[str, Any]:
     node as evenly as Ray can (``SPREAD``); a one-node job keeps its ranks on one node
     (``STRICT_PACK``), as ``num_nodes=1`` means locally.
     """
-    nnodes = int(spec["num_nodes"])
-    nproc = int(spec["procs_per_node"])
-    res = spec.get("resources") or {}
-    per_worker: dict[str, float] = {"CPU": float(res["cpu"]) / nproc if res.get("cpu") else 1.0}
-    gpu = int(res.get("gpu") or 0)
+    nnodes, nproc, res = spec.num_nodes, spec.procs_per_node, spec.resources
+    per_worker: dict[str, float] = {"CPU": float(res.cpu) / nproc if res.cpu else 1.0}
+    gpu = int(res.gpu or 0)
     if gpu:
         per_worker["GPU"] = gpu / nproc
-    if res.get("memory"):
-        per_worker["memory"] = float(int(res["memory"]) // nproc)
+    if res.memory:
+        per_worker["memory"] = float(int(res.memory) // nproc)
     if nnodes == 1:
         strategy = "STRICT_PACK"
     else:

@@ -13,6 +13,7 @@ request found there into ``stopping.request()``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -26,7 +27,8 @@ from trainjob.core import events
 from trainjob.core.outcome import describe_error
 from trainjob.core.rank_env import free_port, rank_env
 from trainjob.core.records import dump_return_value, error_record, record_traceback
-from trainjob.masking import join_spec, secret_values
+from trainjob.core.spec import JobSpec
+from trainjob.masking import secret_values
 
 FLUSH_INTERVAL = 0.25  # seconds between writes of queued reports to the GCS
 STOP_POLL = 0.5  # seconds between reads of the stop key
@@ -37,12 +39,12 @@ def train_loop(config: dict[str, Any]) -> None:
     """One rank. ``config``: ``job_id``, ``job_dir`` (absolute, the same on every node), ``spec``, ``resume_from``."""
     from trainjob.runtime import sinks
 
-    job_id, spec = config["job_id"], config["spec"]
+    job_id, spec = config["job_id"], JobSpec.from_json(config["spec"])  # the masked spec, as stored
     job_dir = Path(config["job_dir"])
     kv, keys = KV.in_cluster(), Keys(job_id)
     info = contract.RankInfo.from_env()
     attempt, stopped = _agree_on_attempt(kv, keys, info)
-    tracking = bool(spec.get("enable_progression_tracking"))
+    tracking = spec.tracking.enabled
     resume = attempt > 0 or bool(config.get("resume_from"))
     os.environ.update(rank_env(spec, job_id=job_id, job_dir=job_dir, attempt=attempt, resume=resume))
     os.environ.pop(contract.RUN_DIR, None)  # no run folder on Ray: reports go to the sink below
@@ -58,7 +60,7 @@ def train_loop(config: dict[str, Any]) -> None:
     # Secret env values and the real script arguments come from the GCS, not from Ray's
     # runtime_env (which Ray's dashboard shows): set them before any user code runs.
     hidden = job_secrets(kv, keys)
-    spec = join_spec(spec, hidden)
+    spec = spec.with_secrets(hidden)
     os.environ.update(hidden.get("env") or {})
     watcher = StopWatcher(kv, keys) if tracking else None
     previous_cwd = os.getcwd()
@@ -180,7 +182,7 @@ def _announce(kv: KV, keys: Keys, sink: "RaySink", attempt: int, info: contract.
         prev = kv.get_json(keys.first_error(attempt - 1))
         cause = describe_error(prev) if prev else "a worker failed"
         ckpt = latest_complete(previous_output_dir(kv, keys))
-        max_restarts = int((kv.get_json(keys.job) or {}).get("spec", {}).get("max_restarts") or 0)
+        max_restarts = JobSpec.from_dict((kv.get_json(keys.job) or {}).get("spec") or {}).limits.max_restarts
         sink.event(events.restarting(attempt, max_restarts, cause, ckpt, checkpoint_step(ckpt) if ckpt else None).as_record(attempt))
     sink.event(events.started(attempt, world, "as Ray Train workers", resume).as_record(attempt))
     sink.flush()
@@ -197,23 +199,22 @@ def previous_output_dir(kv: KV, keys: Keys) -> str | None:
     return ((begin or {}).get("data") or {}).get("output_dir")
 
 
-def _materialize(kv: KV, keys: Keys, job_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+def _materialize(kv: KV, keys: Keys, job_dir: Path, spec: JobSpec) -> JobSpec:
     """What ``run_entrypoint`` needs on this node; returns the spec to run.
 
     A function's payload is written into the job folder if it is not there yet (on shared storage
     the driver wrote it; on a node with its own disk the first rank there fetches it from the GCS).
     A script came with Ray's ``working_dir`` (its folder), which Ray puts first on ``PYTHONPATH``.
     """
-    spec = dict(spec)
-    kind = spec["entrypoint"]
-    if kind in ("func", "func_ref"):
+    entry = spec.entrypoint
+    if entry.is_function:
         _write_once(job_dir / contract.PAYLOAD_FILE, lambda: kv.get(keys.payload))
-    elif kind == "script":
-        name = Path(spec["script"]).name
+    elif entry.kind == "script":
+        name = Path(entry.script or "").name
         found = [Path(p) / name for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and (Path(p) / name).is_file()]
         if not found:
             raise RuntimeError(f"the script {name} did not arrive with the job's Ray working_dir (PYTHONPATH={os.environ.get('PYTHONPATH')!r})")
-        spec["script"] = str(found[0])
+        return dataclasses.replace(spec, entrypoint=dataclasses.replace(entry, script=str(found[0])))
     return spec
 
 

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from trainjob.backends.local.warm import common
 from trainjob.backends.local.warm.handle import ForkedProcess
+from trainjob.core.spec import JobSpec
 
 CONNECT_TIMEOUT = 2.0  # seconds for a warm process to accept and answer; longer is "busy": cold start
 PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
@@ -64,16 +65,12 @@ class WarmInfo:
     error: str | None = None
 
 
-def enabled(spec: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+def enabled(spec: JobSpec, environ: Mapping[str, str]) -> bool:
     """Warm start is on for this job: the trainer's ``warm_start``, the backend config, the environment."""
-    if spec.get("warm_start") is False:
-        return False
-    if (spec.get("warm") or {}).get("enabled") is False:
-        return False
-    return common.enabled_globally(environ)
+    return spec.warm.wanted and common.enabled_globally(environ)
 
 
-def start_nodes(plans: Sequence[Any], *, spec: Mapping[str, Any], home: Path, python: str, run_dir: Path, attempt: int) -> WarmOutcome:
+def start_nodes(plans: Sequence[Any], *, spec: JobSpec, home: Path, python: str, run_dir: Path, attempt: int) -> WarmOutcome:
     """Fork every node of ``plans`` (``launcher.NodeLaunch``) from the warm process, or say why not.
 
     Runs in the supervisor. All or nothing: if one node cannot be forked, those already forked
@@ -85,13 +82,12 @@ def start_nodes(plans: Sequence[Any], *, spec: Mapping[str, Any], home: Path, py
         return WarmOutcome(None, "ColdStart", f"started cold: warm start failed: {type(e).__name__}: {e}", {"attempt": attempt, "why": f"{type(e).__name__}: {e}"})
 
 
-def _start_nodes(plans: Sequence[Any], *, spec: Mapping[str, Any], home: Path, python: str, run_dir: Path, attempt: int) -> WarmOutcome:
+def _start_nodes(plans: Sequence[Any], *, spec: JobSpec, home: Path, python: str, run_dir: Path, attempt: int) -> WarmOutcome:
     environ = plans[0].env if plans else os.environ
     if not plans or not enabled(spec, os.environ) or not common.enabled_globally(environ):
         return WarmOutcome(None)
-    nproc = int(spec["procs_per_node"])
-    world = int(spec["num_nodes"]) * nproc
-    idle = float((spec.get("warm") or {}).get("idle_timeout") or common.idle_timeout(environ))
+    nproc, world = spec.procs_per_node, spec.world_size
+    idle = float(spec.warm.idle_timeout or common.idle_timeout(environ))
     t0 = time.perf_counter()
     key = common.warm_key(python, environ)
     handles: list[ForkedProcess] = []
