@@ -79,7 +79,7 @@ def main() -> None:
     os.environ["UV_CACHE_DIR"] = str(work / "uv-cache")  # cold for the first build
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from trainjob import CustomTrainer, TrainerClient
-    from trainjob.backends.local import envs
+    from trainjob.backends.local import envcache, envs
 
     client = TrainerClient()
     trainer = CustomTrainer(func=report_versions, func_args={"packages": args.packages}, packages_to_install=args.packages)
@@ -98,8 +98,8 @@ def main() -> None:
             print(f"  repeat {i + 1}/{args.repeats}: environment ready in {s:.4f}s", flush=True)
         rows.append(("trainjob: repeat job, cache hit (median)", f"{median(hits):.4f}", f"{median(runnings):.2f}", len(hits)))
         rows.append(("trainjob: repeat job, cache hit (max)", f"{max(hits):.4f}", f"{max(runnings):.2f}", len(hits)))
-        (env_info,) = envs.list_envs(os.environ["TRAINJOB_HOME"])
-        envs.prune_envs(os.environ["TRAINJOB_HOME"])
+        (env_info,) = envcache.list_envs(os.environ["TRAINJOB_HOME"])
+        envcache.prune_envs(os.environ["TRAINJOB_HOME"])
         warm, cached, warm_running = _run_job(client, trainer)
         assert not cached
         rows.append(("trainjob: new environment, uv cache warm", f"{warm:.2f}", f"{warm_running:.2f}", 1))

@@ -17,7 +17,7 @@ import pytest
 
 import jobs
 from trainjob import CustomTrainer, JobFailedError
-from trainjob.backends.local import envs
+from trainjob.backends.local import envcache, envs
 
 pytestmark = pytest.mark.slow
 
@@ -208,7 +208,7 @@ def test_failing_requirement_fails_the_job_with_the_installers_message(client, h
     assert j.status == "Failed" and "tjpkg-missing" in j.message
     assert not any(e.reason == "Started" for e in client.get_job_events(job))
     assert _entries(home) == []  # no half-built entry, no leftover build folder
-    assert envs.list_envs(home) == []
+    assert envcache.list_envs(home) == []
 
 
 def test_two_concurrent_jobs_build_once(client, home, index):
@@ -253,10 +253,10 @@ def test_concurrent_builders_of_one_environment_build_it_once(tmp_path, index):
 def test_list_and_prune(client, home, index, tmp_path):
     job = client.train(CustomTrainer(func=jobs.quick_value, packages_to_install=["tjpkg-b"], pip_index_urls=[index["extra"]]))
     client.wait_for_job_completion(job, timeout=180)
-    (info,) = envs.list_envs(home)
+    (info,) = envcache.list_envs(home)
     assert info.requirements == ["tjpkg-b"] and info.index_url == index["extra"]
     assert info.size_bytes > 0 and not info.in_use and info.build_seconds > 0
-    assert envs.prune_envs(home, older_than=3600) == []  # used seconds ago
+    assert envcache.prune_envs(home, older_than=3600) == []  # used seconds ago
     # In use: a process holding the environment (as a running job's supervisor does) keeps it.
     plan = envs.plan_for(["tjpkg-b"], [index["extra"]], pip=envs.PipSettings())
     holder = subprocess.Popen(
@@ -267,21 +267,21 @@ def test_list_and_prune(client, home, index, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert plan.key == info.key
-        assert envs.list_envs(home)[0].in_use
-        assert envs.prune_envs(home) == []
+        assert envcache.list_envs(home)[0].in_use
+        assert envcache.prune_envs(home) == []
     finally:
         holder.kill()
         holder.wait()
-    removed = envs.prune_envs(home)
+    removed = envcache.prune_envs(home)
     assert [r.key for r in removed] == [info.key]
-    assert envs.list_envs(home) == [] and _entries(home) == []
+    assert envcache.list_envs(home) == [] and _entries(home) == []
     with pytest.raises(ValueError, match="older_than"):
-        envs.prune_envs(home, older_than=-1)
+        envcache.prune_envs(home, older_than=-1)
 
 
 def test_prune_removes_what_a_killed_build_left(home):
     leftover = home / envs.ENVS_DIR / ".building-0123456789abcdef0123-4242"
     leftover.mkdir(parents=True)
     (leftover / "half").write_text("x")
-    envs.prune_envs(home)
+    envcache.prune_envs(home)
     assert not leftover.exists()

@@ -403,9 +403,9 @@ def check_local_home(config: LocalBackendConfig | None = None) -> list[Any]:
 def list_package_envs(home: Any = None) -> list[Any]:
     """The local backend's cached package environments (built for ``packages_to_install``) under
     ``home`` (default: ``TRAINJOB_HOME``), most recently used first: what ``trainjob envs ls``
-    prints. One ``trainjob.backends.local.envs.EnvInfo`` each. Reads only."""
+    prints. One ``trainjob.backends.local.envcache.EnvInfo`` each. Reads only."""
     from trainjob import contract
-    from trainjob.backends.local.envs import list_envs
+    from trainjob.backends.local.envcache import list_envs
 
     return list_envs(home or contract.home())
 
@@ -414,6 +414,6 @@ def prune_package_envs(home: Any = None, older_than: float | None = None) -> lis
     """Remove the cached package environments no running job uses (only those unused for
     ``older_than`` seconds, if given); returns what was removed. Safe while jobs run."""
     from trainjob import contract
-    from trainjob.backends.local.envs import prune_envs
+    from trainjob.backends.local.envcache import prune_envs
 
     return prune_envs(home or contract.home(), older_than=older_than)

@@ -1,6 +1,6 @@
 """``trainjob envs ls|prune``: the cached package environments of ``--pkg`` / ``packages_to_install``.
 
-The environments belong to the local backend (``trainjob.backends.local.envs``: ``list_envs`` and
+The environments belong to the local backend (``trainjob.backends.local.envcache``: ``list_envs`` and
 ``prune_envs``); this module shows them and asks for their removal.
 """
 
