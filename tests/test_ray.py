@@ -60,8 +60,8 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def ray_client(cluster):
-    c = TrainerClient(cluster.config())
+def ray_client(cluster, home):
+    c = TrainerClient(cluster.config())  # its signing key lives in the test's own TRAINJOB_HOME
     yield c
     _end_running(c)
 
@@ -440,6 +440,68 @@ def test_every_address_form_sees_the_same_jobs(ray_client, cluster, monkeypatch)
         ray.shutdown()  # the Ray Client connection of the ray:// form
     # $RAY_ADDRESS=127.0.0.1:port makes Ray's own SDK go to the interface address; trainjob stays on loopback.
     assert not watch.offenders, watch.offenders
+
+
+class _Evil:
+    """A pickle that creates a folder when loaded: what another cluster user could plant."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_return_values_cannot_be_forged(ray_client, cluster, home, tmp_path, monkeypatch):
+    """Issue 15: the client unpickles only a return value signed with the key of its own home;
+    a value another cluster user writes into the GCS is refused, never loaded, and a client from
+    another home reads JSON values but unpickles nothing. The ranks verify the payload too."""
+    import pickle
+
+    from trainjob.backends.ray import integrity
+    from trainjob.backends.ray.state import KV, Keys
+    from trainjob.core import signing
+
+    plain = ray_client.train(CustomTrainer(func=jobs.quick_value, func_args={"x": {"loss": 0.5, "steps": [1, 2]}}))
+    pickled = ray_client.train(CustomTrainer(func=jobs.quick_value, func_args={"x": (1, 2)}))
+    for job_id in (plain, pickled):
+        ray_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
+    assert ray_client.get_job_result(plain).return_value == {"loss": 0.5, "steps": [1, 2]}
+    assert ray_client.get_job_result(pickled).return_value == (1, 2)  # a tuple: pickled, and verified
+
+    # Another home (another submitter): lists and reads both jobs, gets the JSON value, unpickles nothing.
+    monkeypatch.setenv("TRAINJOB_HOME", str(tmp_path / "other-home"))
+    other = TrainerClient(cluster.config())
+    assert {plain, pickled} <= {j.id for j in other.list_jobs()}
+    assert other.get_job(pickled).status == JobStatus.COMPLETE and other.get_job_metrics(pickled) == ray_client.get_job_metrics(pickled)
+    assert other.get_job_result(plain).return_value == {"loss": 0.5, "steps": [1, 2]}
+    with pytest.raises(signing.SignatureError, match=f"return value of job {pickled} is pickled and signed by another trainjob client"):
+        other.get_job_result(pickled)
+    monkeypatch.setenv("TRAINJOB_HOME", str(home))
+
+    # Another cluster user writes into the GCS: a raw pickle, one signed with a job key of their
+    # own (the job's key replaced too), and a genuine value of another job. All refused, none loaded.
+    kv, keys = KV.connect(cluster.gcs), Keys(pickled)
+    canary = tmp_path / "pwned"
+    evil = pickle.dumps({"value": _Evil(canary)})
+    attacker_key = signing.job_key(b"attacker" * 4, pickled)
+    forgeries = {
+        "unsigned": (evil, "is not signed"),
+        "own key": (signing.sign(attacker_key, integrity.RETURN, pickled, evil), "does not match its signature"),
+        "replayed": (kv.get(Keys(plain).return_value), "does not match its signature"),
+    }
+    kv.put(integrity.signing_key_name(keys), attacker_key.hex())
+    for form, (blob, message) in forgeries.items():
+        kv.put(keys.return_value, blob)
+        with pytest.raises(signing.SignatureError, match=f"return value of job {pickled} {message}"):
+            ray_client.get_job_result(pickled)
+        assert not canary.exists(), form
+    # The payload, changed in the GCS, is refused by the driver and the ranks (integrity.verified_payload).
+    kv.put(integrity.signing_key_name(keys), bytes.hex(signing.job_key(signing.client_key(), pickled)))
+    assert integrity.verified_payload(kv, keys)  # the genuine one verifies
+    kv.put(keys.payload, evil)
+    with pytest.raises(signing.SignatureError, match=f"payload of job {pickled} is not signed"):
+        integrity.verified_payload(kv, keys)
 
 
 def test_polling_spares_the_dashboard_and_ray_ends_with_the_job(ray_client, monkeypatch):

@@ -26,11 +26,10 @@ from typing import Any, Iterator
 
 from trainjob.backends.base import Backend, JobExtras
 from trainjob.backends.records import build_result, parse_log_step, utc
-from trainjob.backends.ray import plan
+from trainjob.backends.ray import integrity, plan
 from trainjob.backends.ray.jobs_api import JobsAPI, JobsAPIError, RayJob
 from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
 from trainjob.config import RayBackendConfig
-from trainjob.core.records import load_return_value
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, SerializationError, ValidationError
 from trainjob.payload import dumps_payload
 from trainjob.resources import format_bytes
@@ -202,13 +201,15 @@ class RayBackend(Backend):
             "resume_from": resume_from,
             "submitted_from": os.uname().nodename,
         }
+        signer_key, record["signer"] = integrity.client_identity()
         payload = _checked_payload(trainer) if trainer.func is not None else None
         kv = conn.kv
         if not kv.claim_json(keys.job, record):  # another submitter took the name since the check above
             raise ValidationError([name_in_use(job_id)], "train()")
         try:
+            integrity.give_job_key(kv, keys, signer_key)
             if payload is not None:
-                kv.put(keys.payload, payload)
+                kv.put(keys.payload, integrity.sign_payload(signer_key, job_id, payload))
             if hidden:
                 kv.put_json(keys.secrets, hidden)
             EventWriter(kv, keys, "cli")(
@@ -423,7 +424,7 @@ class RayBackend(Backend):
     def get_job_result(self, job_id: str) -> Result:
         snap = self._snapshot(job_id)
         outcome = snap.outcome or {}
-        value = load_return_value(self.conn.kv.get(Keys(job_id).return_value)) if snap.status.is_terminal else None
+        value = integrity.read_return_value(self.conn.kv.get(Keys(job_id).return_value), job_id, snap.record) if snap.status.is_terminal else None
         return build_result(job_id, snap.status, outcome.get("result"), error=outcome.get("error"), return_value=value)
 
     def rank_info(self, job_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
