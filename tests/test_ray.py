@@ -653,6 +653,62 @@ def test_a_new_client_process_needs_no_ray_sdk(cluster):
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"value": 3, "log": True, "sdk": False}
 
 
+AUTH_CLIENT = """
+import json, sys
+from trainjob import BackendError, CustomTrainer, RayBackendConfig, TrainerClient
+import jobs
+c = TrainerClient(RayBackendConfig(**json.loads(sys.argv[1])))
+try:
+    c.list_jobs()
+except BackendError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(0)
+job_id = c.train(CustomTrainer(func=jobs.quick_value, func_args={"x": 4}))
+job = c.wait_for_job_completion(job_id, timeout=120, polling_interval=0.2)
+out = {"value": c.get_job_result(job_id).return_value, "events": [e.reason for e in c.get_job_events(job_id)]}
+out["log"] = "trainjob.backends.ray.driver" in "".join(c.get_job_logs(job_id, step="driver"))
+c.delete_job(job_id)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    import secrets
+
+    c = ray_cluster.start_loopback(tmp_path_factory.mktemp("raytokenhome"), auth_token=secrets.token_hex(32))
+    yield c
+    c.stop()
+
+
+def test_token_auth_cluster(token_cluster, home):
+    """Issue 15: a cluster started with RAY_AUTH_MODE=token works for a client given its token
+    (RayBackendConfig(auth_token=...) or $RAY_AUTH_TOKEN), through the GCS or the dashboard
+    address, and refuses one without it, or with a wrong one, with a message saying what to give."""
+    import subprocess
+    import sys
+
+    c = token_cluster
+
+    def client(config: dict, env: dict[str, str] | None = None) -> dict:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        full.update({"PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p), **(env or {})})
+        r = subprocess.run([sys.executable, "-c", AUTH_CLIENT, json.dumps({"home": str(c.home), **config})], env=full, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    dashboard = {"address": c.dashboard, "gcs_address": c.gcs}
+    for config in ({"address": c.gcs}, dashboard):
+        refused = client(config)["error"]
+        assert "uses token authentication" in refused and "auth_token" in refused and "RAY_AUTH_TOKEN" in refused, refused
+    wrong = client({**dashboard, "auth_token": "0" * 64})["error"]
+    assert "refused this client's token" in wrong, wrong
+    assert c.auth_token not in repr(RayBackendConfig(auth_token=c.auth_token))
+    for config, env in [({"address": c.gcs, "auth_token": c.auth_token}, None), (dashboard, {"RAY_AUTH_TOKEN": c.auth_token})]:
+        ran = client(config, env)
+        assert ran["value"] == 4 and ran["log"] and ran["events"][-1] == "Completed", ran
+
+
 def test_ray_jobs_that_are_not_trainjobs_are_never_touched(ray_client):
     sdk = ray_client.backend.conn.jobs()
     other = sdk.submit_job(entrypoint="python -c 'import time; time.sleep(60)'")
