@@ -110,6 +110,10 @@ class RayCluster:
     temp: Path
     netns: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)  # veth ends made in the root namespace
+    auth_token: str | None = None  # started with RAY_AUTH_MODE=token and this token
+
+    def http_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
 
     def config(self, **kw):
         from trainjob import RayBackendConfig
@@ -137,11 +141,15 @@ class RayCluster:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def start_loopback(home: Path, num_cpus: int = 2) -> RayCluster:
-    """A one-node Ray cluster on 127.0.0.1 with a dashboard (the Jobs API) and a Ray Client server."""
+def start_loopback(home: Path, num_cpus: int = 2, auth_token: str | None = None) -> RayCluster:
+    """A one-node Ray cluster on 127.0.0.1 with a dashboard (the Jobs API) and a Ray Client server.
+
+    ``auth_token``: start it with Ray's token authentication (``RAY_AUTH_MODE=token``) and this token.
+    """
     temp = Path(tempfile.mkdtemp(prefix="tjray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     gcs_port, dash_port, client_port = free_port(), free_port(), free_port()
-    env = node_env({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo", "HOME": str(temp / "home")})
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": auth_token} if auth_token else {}
+    env = node_env({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo", "HOME": str(temp / "home"), **auth})
     (temp / "home").mkdir()
     argv = [
         "ray", "start", "--head", "--block", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
@@ -150,7 +158,7 @@ def start_loopback(home: Path, num_cpus: int = 2) -> RayCluster:
         f"--num-cpus={num_cpus}", f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", f"--temp-dir={temp / 'r'}",
     ]  # fmt: skip
     node = _spawn(argv, env, temp / "head.log", "127.0.0.1")
-    cluster = RayCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", client_port, [node], home, temp)
+    cluster = RayCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", client_port, [node], home, temp, auth_token=auth_token)
     try:
         _wait_ready(cluster, 1)
     except BaseException:
@@ -266,9 +274,10 @@ def _wait_ready(cluster: RayCluster, nodes: int, netns: str | None = None, timeo
             if netns:
                 alive = run_in_netns(netns, probe, timeout=30)["alive"]
             else:
-                with urllib.request.urlopen(f"{cluster.dashboard}/api/v0/nodes", timeout=5) as r:
+                get = lambda path: urllib.request.Request(f"{cluster.dashboard}{path}", headers=cluster.http_headers())  # noqa: E731
+                with urllib.request.urlopen(get("/api/v0/nodes"), timeout=5) as r:
                     alive = sum(n["state"] == "ALIVE" for n in json.load(r)["data"]["result"]["result"])
-                with urllib.request.urlopen(f"{cluster.dashboard}/api/jobs/", timeout=5) as r:
+                with urllib.request.urlopen(get("/api/jobs/"), timeout=5) as r:
                     r.read()
             if alive >= nodes:
                 return

@@ -60,8 +60,8 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def ray_client(cluster):
-    c = TrainerClient(cluster.config())
+def ray_client(cluster, home):
+    c = TrainerClient(cluster.config())  # its signing key lives in the test's own TRAINJOB_HOME
     yield c
     _end_running(c)
 
@@ -442,6 +442,68 @@ def test_every_address_form_sees_the_same_jobs(ray_client, cluster, monkeypatch)
     assert not watch.offenders, watch.offenders
 
 
+class _Evil:
+    """A pickle that creates a folder when loaded: what another cluster user could plant."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_return_values_cannot_be_forged(ray_client, cluster, home, tmp_path, monkeypatch):
+    """Issue 15: the client unpickles only a return value signed with the key of its own home;
+    a value another cluster user writes into the GCS is refused, never loaded, and a client from
+    another home reads JSON values but unpickles nothing. The ranks verify the payload too."""
+    import pickle
+
+    from trainjob.backends.ray import integrity
+    from trainjob.backends.ray.state import KV, Keys
+    from trainjob.core import signing
+
+    plain = ray_client.train(CustomTrainer(func=jobs.quick_value, func_args={"x": {"loss": 0.5, "steps": [1, 2]}}))
+    pickled = ray_client.train(CustomTrainer(func=jobs.quick_value, func_args={"x": (1, 2)}))
+    for job_id in (plain, pickled):
+        ray_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
+    assert ray_client.get_job_result(plain).return_value == {"loss": 0.5, "steps": [1, 2]}
+    assert ray_client.get_job_result(pickled).return_value == (1, 2)  # a tuple: pickled, and verified
+
+    # Another home (another submitter): lists and reads both jobs, gets the JSON value, unpickles nothing.
+    monkeypatch.setenv("TRAINJOB_HOME", str(tmp_path / "other-home"))
+    other = TrainerClient(cluster.config())
+    assert {plain, pickled} <= {j.id for j in other.list_jobs()}
+    assert other.get_job(pickled).status == JobStatus.COMPLETE and other.get_job_metrics(pickled) == ray_client.get_job_metrics(pickled)
+    assert other.get_job_result(plain).return_value == {"loss": 0.5, "steps": [1, 2]}
+    with pytest.raises(signing.SignatureError, match=f"return value of job {pickled} is pickled and signed by another trainjob client"):
+        other.get_job_result(pickled)
+    monkeypatch.setenv("TRAINJOB_HOME", str(home))
+
+    # Another cluster user writes into the GCS: a raw pickle, one signed with a job key of their
+    # own (the job's key replaced too), and a genuine value of another job. All refused, none loaded.
+    kv, keys = KV.connect(cluster.gcs), Keys(pickled)
+    canary = tmp_path / "pwned"
+    evil = pickle.dumps({"value": _Evil(canary)})
+    attacker_key = signing.job_key(b"attacker" * 4, pickled)
+    forgeries = {
+        "unsigned": (evil, "is not signed"),
+        "own key": (signing.sign(attacker_key, integrity.RETURN, pickled, evil), "does not match its signature"),
+        "replayed": (kv.get(Keys(plain).return_value), "does not match its signature"),
+    }
+    kv.put(integrity.signing_key_name(keys), attacker_key.hex())
+    for form, (blob, message) in forgeries.items():
+        kv.put(keys.return_value, blob)
+        with pytest.raises(signing.SignatureError, match=f"return value of job {pickled} {message}"):
+            ray_client.get_job_result(pickled)
+        assert not canary.exists(), form
+    # The payload, changed in the GCS, is refused by the driver and the ranks (integrity.verified_payload).
+    kv.put(integrity.signing_key_name(keys), bytes.hex(signing.job_key(signing.client_key(), pickled)))
+    assert integrity.verified_payload(kv, keys)  # the genuine one verifies
+    kv.put(keys.payload, evil)
+    with pytest.raises(signing.SignatureError, match=f"payload of job {pickled} is not signed"):
+        integrity.verified_payload(kv, keys)
+
+
 def test_polling_spares_the_dashboard_and_ray_ends_with_the_job(ray_client, monkeypatch):
     """A client polling every 50 ms asks Ray's dashboard about the job at most once per ``INFO_TTL``
     while it runs and never once it has ended; Ray records the job ended as soon as trainjob does
@@ -589,6 +651,62 @@ def test_a_new_client_process_needs_no_ray_sdk(cluster):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"value": 3, "log": True, "sdk": False}
+
+
+AUTH_CLIENT = """
+import json, sys
+from trainjob import BackendError, CustomTrainer, RayBackendConfig, TrainerClient
+import jobs
+c = TrainerClient(RayBackendConfig(**json.loads(sys.argv[1])))
+try:
+    c.list_jobs()
+except BackendError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(0)
+job_id = c.train(CustomTrainer(func=jobs.quick_value, func_args={"x": 4}))
+job = c.wait_for_job_completion(job_id, timeout=120, polling_interval=0.2)
+out = {"value": c.get_job_result(job_id).return_value, "events": [e.reason for e in c.get_job_events(job_id)]}
+out["log"] = "trainjob.backends.ray.driver" in "".join(c.get_job_logs(job_id, step="driver"))
+c.delete_job(job_id)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    import secrets
+
+    c = ray_cluster.start_loopback(tmp_path_factory.mktemp("raytokenhome"), auth_token=secrets.token_hex(32))
+    yield c
+    c.stop()
+
+
+def test_token_auth_cluster(token_cluster, home):
+    """Issue 15: a cluster started with RAY_AUTH_MODE=token works for a client given its token
+    (RayBackendConfig(auth_token=...) or $RAY_AUTH_TOKEN), through the GCS or the dashboard
+    address, and refuses one without it, or with a wrong one, with a message saying what to give."""
+    import subprocess
+    import sys
+
+    c = token_cluster
+
+    def client(config: dict, env: dict[str, str] | None = None) -> dict:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        full.update({"PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p), **(env or {})})
+        r = subprocess.run([sys.executable, "-c", AUTH_CLIENT, json.dumps({"home": str(c.home), **config})], env=full, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    dashboard = {"address": c.dashboard, "gcs_address": c.gcs}
+    for config in ({"address": c.gcs}, dashboard):
+        refused = client(config)["error"]
+        assert "uses token authentication" in refused and "auth_token" in refused and "RAY_AUTH_TOKEN" in refused, refused
+    wrong = client({**dashboard, "auth_token": "0" * 64})["error"]
+    assert "refused this client's token" in wrong, wrong
+    assert c.auth_token not in repr(RayBackendConfig(auth_token=c.auth_token))
+    for config, env in [({"address": c.gcs, "auth_token": c.auth_token}, None), (dashboard, {"RAY_AUTH_TOKEN": c.auth_token})]:
+        ran = client(config, env)
+        assert ran["value"] == 4 and ran["log"] and ran["events"][-1] == "Completed", ran
 
 
 def test_ray_jobs_that_are_not_trainjobs_are_never_touched(ray_client):

@@ -7,7 +7,7 @@ Each config names its backend class by import path, so choosing a backend is a l
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from trainjob.core.spec import DEFAULT_METRICS_HOST
@@ -51,7 +51,9 @@ class RayBackendConfig:
     (turn off for an autoscaling cluster that adds bigger nodes on demand). ``working_dir``: a
     local folder shipped with every job and put on the ranks' ``PYTHONPATH`` (code of module and
     ``"pkg.mod:fn"`` jobs that is not installed on the nodes; a script job ships its own folder).
-    See docs/ray.md.
+    ``auth_token``: the token of a cluster started with Ray's token authentication
+    (``RAY_AUTH_MODE=token``); default ``$RAY_AUTH_TOKEN``, else Ray's own lookup; never shown in
+    the config's repr. See docs/ray.md.
     """
 
     address: str = "auto"
@@ -61,6 +63,7 @@ class RayBackendConfig:
     python: str = "python"
     check_resources: bool = True
     working_dir: str | os.PathLike | None = None
+    auth_token: str | None = field(default=None, repr=False)
 
     backend_path: ClassVar[str] = "trainjob.backends.ray:RayBackend"
 

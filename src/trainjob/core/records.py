@@ -6,6 +6,8 @@ only build and parse bytes and dicts, the caller writes them where its backend k
 
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import time
 import traceback
@@ -43,11 +45,17 @@ def record_traceback(exc: BaseException, known: Iterable[str] = ()) -> str:
 
 
 def dump_return_value(value: Any, max_bytes: int | None = None, too_large: str = "too large to keep") -> bytes:
-    """Rank 0's return value as bytes (cloudpickle, ``{"value": ...}``).
+    """Rank 0's return value as bytes: JSON ``{"value": ...}`` when the value is plain data that
+    JSON gives back unchanged (safe for any reader to load), else cloudpickle ``{"value": ...}``.
 
     An unpicklable value, or one over ``max_bytes``, is kept as its repr and why it is not the value.
     """
     import cloudpickle
+
+    if is_plain(value):
+        data = json.dumps({"value": value}, allow_nan=False).encode()
+        if max_bytes is None or len(data) <= max_bytes:
+            return data
 
     try:
         data = cloudpickle.dumps({"value": value})
@@ -58,16 +66,42 @@ def dump_return_value(value: Any, max_bytes: int | None = None, too_large: str =
     return data
 
 
+def is_json_return_value(data: bytes) -> bool:
+    """Whether ``dump_return_value`` wrote ``data`` as JSON (pickles start with a protocol byte)."""
+    return data[:1] == b"{"
+
+
 def load_return_value(data: bytes | None) -> Any:
     """What ``dump_return_value`` wrote; None if there is none.
 
-    A value the client cannot unpickle (a class only the job could import) comes back as a
-    message saying so, and an unpicklable one as its repr.
+    Unpickles: the caller makes sure ``data`` is trusted (written by its own job: a local job
+    folder, or verified with ``trainjob.core.signing``). A value the client cannot unpickle (a
+    class only the job could import) comes back as a message saying so, and an unpicklable one as
+    its repr.
     """
     if data is None:
         return None
+    if is_json_return_value(data):
+        return json.loads(data).get("value")
     try:
         loaded = pickle.loads(data)
     except Exception as e:  # noqa: BLE001 - any import/unpickling failure is reported the same way
         return f"<return value could not be loaded here: {type(e).__name__}: {e}>"
     return loaded.get("value") if "unpicklable" not in loaded else loaded.get("repr")
+
+
+def is_plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is plain JSON data (str, finite number, bool, None, lists and str-keyed dicts of
+    them) that ``json.loads(json.dumps(value))`` gives back equal and of the same types."""
+    if depth > 64:
+        return False
+    t = type(value)
+    if value is None or t in (str, bool, int):
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if t is list:
+        return all(is_plain(v, depth + 1) for v in value)
+    if t is dict:
+        return all(type(k) is str and is_plain(v, depth + 1) for k, v in value.items())
+    return False

@@ -26,11 +26,10 @@ from typing import Any, Iterator
 
 from trainjob.backends.base import Backend, JobExtras
 from trainjob.backends.records import build_result, parse_log_step, utc
-from trainjob.backends.ray import plan
+from trainjob.backends.ray import auth, integrity, plan
 from trainjob.backends.ray.jobs_api import JobsAPI, JobsAPIError, RayJob
 from trainjob.backends.ray.state import KV, EventWriter, Keys, read_events, read_metrics
 from trainjob.config import RayBackendConfig
-from trainjob.core.records import load_return_value
 from trainjob.errors import BackendError, JobNotFoundError, JobStateError, Problem, ResourcesUnavailableError, SerializationError, ValidationError
 from trainjob.payload import dumps_payload
 from trainjob.resources import format_bytes
@@ -57,6 +56,7 @@ _ENV_LOCK = threading.Lock()
 class _Connection:
     kv: KV
     dashboard: str  # http(s)://host:port
+    token: str | None = None  # Ray's auth token (auth.py); None: Ray's own lookup, or no auth
     _api: JobsAPI | None = None
     _jobs: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,7 +66,7 @@ class _Connection:
         """The dashboard's Jobs REST API (and its other endpoints)."""
         with self._lock:
             if self._api is None:
-                self._api = JobsAPI(self.dashboard)
+                self._api = JobsAPI(self.dashboard, self.token)
             return self._api
 
     def jobs(self):
@@ -83,7 +83,7 @@ class _Connection:
                     saved = os.environ.get("RAY_API_SERVER_ADDRESS")
                     os.environ["RAY_API_SERVER_ADDRESS"] = self.dashboard
                     try:
-                        self._jobs = JobSubmissionClient(self.dashboard)
+                        self._jobs = JobSubmissionClient(self.dashboard, headers=auth.http_headers(self.token) or None)
                     finally:
                         if saved is None:
                             os.environ.pop("RAY_API_SERVER_ADDRESS", None)
@@ -140,14 +140,16 @@ class RayBackend(Backend):
 
     def _connect(self) -> _Connection:
         address = self.config.address
+        token = auth.token_of(self.config.auth_token)
         env = os.environ.get("RAY_ADDRESS", "")
         if address == "auto" and env.startswith(("http://", "https://", "ray://")):
             address = env  # "auto" follows $RAY_ADDRESS in every form Ray accepts there
         try:
+            auth.use_token(token)
             if address.startswith(("http://", "https://")):
                 parsed = urllib.parse.urlparse(address)
                 gcs = self.config.gcs_address or f"{parsed.hostname}:{_DEFAULT_GCS_PORT}"
-                return _Connection(KV.connect(gcs), address.rstrip("/"))
+                return _Connection(KV.connect(gcs), address.rstrip("/"), token)
             if address.startswith("ray://"):
                 import ray
 
@@ -160,13 +162,15 @@ class RayBackend(Backend):
                         if not tries_left:  # a cold cluster may time out starting its first client server
                             raise
                 kv = KV.through_ray_client()
-                return _Connection(kv, _dashboard_of(kv, urllib.parse.urlparse(address).hostname or ""))
+                return _Connection(kv, _dashboard_of(kv, urllib.parse.urlparse(address).hostname or ""), token)
             gcs = _resolve_gcs(address)
             kv = KV.connect(gcs)
-            return _Connection(kv, _dashboard_of(kv, gcs.rpartition(":")[0]))
+            return _Connection(kv, _dashboard_of(kv, gcs.rpartition(":")[0]), token)
         except BackendError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure to reach the cluster is reported the same way
+            if auth.is_auth_failure(e):
+                raise BackendError(auth.refused_message(address, bool(token) or os.environ.get(auth.MODE_ENV) == "token")) from e
             raise BackendError(
                 f"cannot reach the Ray cluster at RayBackendConfig(address={address!r}): {type(e).__name__}: {e}. "
                 "Start one (ray start --head) or give its address: 'host:6379' (GCS), 'ray://host:10001' or 'http://host:8265'"
@@ -208,13 +212,15 @@ class RayBackend(Backend):
             "resume_from": resume_from,
             "submitted_from": os.uname().nodename,
         }
+        signer_key, record["signer"] = integrity.client_identity()
         payload = _checked_payload(trainer) if trainer.func is not None else None
         kv = conn.kv
         if not kv.claim_json(keys.job, record):  # another submitter took the name since the check above
             raise ValidationError([name_in_use(job_id)], "train()")
         try:
+            integrity.give_job_key(kv, keys, signer_key)
             if payload is not None:
-                kv.put(keys.payload, payload)
+                kv.put(keys.payload, integrity.sign_payload(signer_key, job_id, payload))
             if hidden:
                 kv.put_json(keys.secrets, hidden)
             EventWriter(kv, keys, "cli")(
@@ -429,7 +435,7 @@ class RayBackend(Backend):
     def get_job_result(self, job_id: str) -> Result:
         snap = self._snapshot(job_id)
         outcome = snap.outcome or {}
-        value = load_return_value(self.conn.kv.get(Keys(job_id).return_value)) if snap.status.is_terminal else None
+        value = integrity.read_return_value(self.conn.kv.get(Keys(job_id).return_value), job_id, snap.record) if snap.status.is_terminal else None
         return build_result(job_id, snap.status, outcome.get("result"), error=outcome.get("error"), return_value=value)
 
     def rank_info(self, job_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
@@ -722,6 +728,8 @@ def _check_config(config: RayBackendConfig) -> list[Problem]:
         p.append(Problem("address", a, "'auto' or 'host:port' of the cluster's GCS (e.g. '10.0.0.1:6379')"))
     if config.gcs_address is not None and not _is_host_port(config.gcs_address):
         p.append(Problem("gcs_address", config.gcs_address, "'host:port' of the cluster's GCS (e.g. '10.0.0.1:6379')"))
+    if config.auth_token is not None and (not isinstance(config.auth_token, str) or not config.auth_token.strip()):
+        p.append(Problem("auth_token", "******", "the cluster's token as a non-empty string (`ray get-auth-token` on a node), or None"))
     if config.installer not in plan.INSTALLERS:
         p.append(Problem("installer", config.installer, f"one of {', '.join(plan.INSTALLERS)}"))
     if config.working_dir is not None and not Path(config.working_dir).expanduser().is_dir():

@@ -20,12 +20,14 @@ from typing import Any
 
 from trainjob import contract
 from trainjob.backends.ray import plan
+from trainjob.backends.ray.integrity import verified_payload
 from trainjob.backends.ray.outcome import checkpoints_of, compute_result, record_outcome
 from trainjob.backends.ray.state import KV, EventWriter, Keys, last_event, read_events
 from trainjob.backends.ray.worker import job_secret_values, root_cause
 from trainjob.core.outcome import deadline_passed, failure_message, stop_reason, stopped_outcome
 from trainjob.core.records import error_record
 from trainjob.core.resume import carry_workdir
+from trainjob.core.signing import SignatureError
 from trainjob.core.spec import JobSpec
 from trainjob.types import JobStatus
 
@@ -58,6 +60,8 @@ class Driver:
         except OSError as e:
             msg = f"cannot make the job folder {self.job_dir} on the Ray head node ({e}); set RayBackendConfig(home=...) to a folder every node can write"
             return self.finish(JobStatus.FAILED, msg, {"type": type(e).__name__, "message": msg, "rank": None})
+        except SignatureError as e:  # the payload was changed in the GCS: never run it
+            return self.finish(JobStatus.FAILED, str(e), {"type": "SignatureError", "message": str(e), "rank": None})
         import ray
 
         scale = plan.scaling(self.spec)
@@ -111,7 +115,7 @@ class Driver:
             (self.job_dir / contract.WORKDIR).mkdir(parents=True, exist_ok=True)
             (self.job_dir / contract.SPEC_FILE).write_text(self.spec.to_json())
             if self.spec.entrypoint.is_function:
-                (self.job_dir / contract.PAYLOAD_FILE).write_bytes(self.kv.get(self.keys.payload) or b"")
+                (self.job_dir / contract.PAYLOAD_FILE).write_bytes(verified_payload(self.kv, self.keys) or b"")  # a changed payload is refused
             source = self.record.get("resume_from")
             if source:
                 src_dir = (self.kv.get_json(Keys(source).driver) or {}).get("job_dir")

@@ -6,7 +6,7 @@ still what uploads a local ``working_dir`` (it packages the folder and uploads i
 which has no REST equivalent), so a script job's submission goes through it (``RayBackend``).
 
 The REST API is Ray's documented, versioned interface (the one ``ray job submit`` uses). A
-cluster with token authentication gets the same ``Authorization`` header the SDK would send.
+cluster with token authentication gets the ``Authorization`` header (``auth``: the configured token, else Ray's own).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+
+from trainjob.backends.ray.auth import http_headers, refused_message
 
 HTTP_TIMEOUT = 30.0
 
@@ -53,9 +55,10 @@ class JobsAPIError(RuntimeError):
 class JobsAPI:
     """The calls trainjob makes: submit, one job's record, all records, stop, delete, driver log."""
 
-    def __init__(self, dashboard: str) -> None:
+    def __init__(self, dashboard: str, token: str | None = None) -> None:
         self.dashboard = dashboard.rstrip("/")
-        self.headers = auth_headers()
+        self.token = token
+        self.headers = http_headers(token)
 
     def submit(self, entrypoint: str, submission_id: str, runtime_env: dict[str, Any], metadata: dict[str, str]) -> str:
         body = {"entrypoint": entrypoint, "submission_id": submission_id, "runtime_env": runtime_env, "metadata": metadata}
@@ -85,8 +88,13 @@ class JobsAPI:
     def get(self, path: str, **params: Any) -> bytes:
         """A GET of another dashboard endpoint (state API, log files), with the same headers."""
         url = f"{self.dashboard}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers), timeout=HTTP_TIMEOUT) as r:
-            return r.read()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers), timeout=HTTP_TIMEOUT) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise JobsAPIError(e.code, refused_message(self.dashboard, bool(self.headers), e.read().decode(errors="replace"))) from None
+            raise
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -97,17 +105,15 @@ class JobsAPI:
                 raw = r.read()
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace").strip()
+            if e.code in (401, 403):
+                detail = refused_message(self.dashboard, bool(self.headers), detail)
             raise JobsAPIError(e.code, detail or e.reason) from None
         return json.loads(raw) if raw else {}
 
 
 def auth_headers() -> dict[str, str]:
-    """The ``Authorization`` header for a cluster with Ray's token authentication, else nothing."""
-    try:
-        from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
-    except ImportError:  # a Ray without token authentication
-        return {}
-    return dict(get_auth_headers_if_auth_enabled({}))
+    """The ``Authorization`` header for a cluster with Ray's token authentication (Ray's own token lookup), else nothing."""
+    return http_headers(None)
 
 
 def _quote(submission_id: str) -> str:

@@ -8,7 +8,9 @@ the trainjob id, which is also the Ray submission id):
 
 ====================================  =========================================================
 ``<id>/job``                          the job record: name, spec (secrets masked), created_at
-``<id>/payload``                      the pickled function and its arguments
+``<id>/payload``                      the pickled function and its arguments, signed
+``<id>/signing``                      the job's signing key (``integrity``): the payload and the
+                                      return value are signed with it
 ``<id>/secrets``                      the real values of the spec's masked fields (``trainjob.masking``):
                                       secret env values reach the ranks here, not through Ray's
                                       ``runtime_env``, which Ray's dashboard shows to anyone
@@ -22,7 +24,7 @@ the trainjob id, which is also the Ray submission id):
 ``<id>/events/<time_ns>-<src>-<seq>``  one event per key; the key sorts by time
 ``<id>/errors/<NNNN>/<RRRRR>``        a rank's exception; ``errors/<NNNN>/first`` the first one
 ``<id>/checkpoints``                  rank 0's view of its output_dir at the end of an attempt
-``<id>/return``                       rank 0's return value (cloudpickle)
+``<id>/return``                       rank 0's return value (JSON when plain, else cloudpickle), signed
 ``<id>/stop``                         present: a stop was requested
 ``<id>/outcome``                      the final status, message, error and result (written once)
 ====================================  =========================================================

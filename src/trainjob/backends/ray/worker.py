@@ -26,7 +26,8 @@ from trainjob.backends.ray.state import KV, Keys, writer_tag
 from trainjob.core import events
 from trainjob.core.outcome import describe_error
 from trainjob.core.rank_env import free_port, rank_env
-from trainjob.core.records import dump_return_value, error_record, record_traceback
+from trainjob.backends.ray.integrity import signed_return_value, verified_payload
+from trainjob.core.records import error_record, record_traceback
 from trainjob.core.spec import JobSpec
 from trainjob.masking import secret_values
 
@@ -208,7 +209,7 @@ def _materialize(kv: KV, keys: Keys, job_dir: Path, spec: JobSpec) -> JobSpec:
     """
     entry = spec.entrypoint
     if entry.is_function:
-        _write_once(job_dir / contract.PAYLOAD_FILE, lambda: kv.get(keys.payload))
+        _write_once(job_dir / contract.PAYLOAD_FILE, lambda: verified_payload(kv, keys))  # a changed payload is refused
     elif entry.kind == "script":
         name = Path(entry.script or "").name
         found = [Path(p) / name for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and (Path(p) / name).is_file()]
@@ -284,9 +285,8 @@ def _report_checkpoints(kv: KV, keys: Keys, sink: "RaySink", attempt: int) -> No
 
 
 def _put_return_value(kv: KV, keys: Keys, value: Any) -> None:
-    data = dump_return_value(value, MAX_RETURN_BYTES, "too large to keep in the Ray GCS")
     try:
-        kv.put(keys.return_value, data)
+        kv.put(keys.return_value, signed_return_value(kv, keys, value, MAX_RETURN_BYTES))
     except Exception as e:  # noqa: BLE001
         print(f"[trainjob] could not store the return value: {e}", file=sys.stderr, flush=True)
 
