@@ -105,3 +105,20 @@ def recorded_processes(pids_dir: Path, pattern: str = "*.json") -> list[psutil.P
         if p is not None and p.pid != os.getpid():
             out.append(p)
     return out
+
+
+def start_detached(argv: list[str], *, log: Path, env: dict[str, str], cwd: Path | None = None) -> tuple[int, float | None]:
+    """Start ``argv`` detached: its own session (it survives the caller and its terminal), stdin from
+    /dev/null, stdout and stderr appended to ``log``. Returns its identity (pid, start time), for the
+    caller to record at once, so there is no moment when the new process has no recorded owner.
+
+    Used for a job's supervisor and an optimization's optimizer process. The caller never waits for
+    it; a daemon thread reaps it when it ends, so a long-lived client collects no zombies.
+    """
+    import subprocess
+    import threading
+
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+    return proc.pid, start_time(proc.pid)
