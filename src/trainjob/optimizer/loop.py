@@ -94,7 +94,7 @@ class Loop:
         state.add_event(self.files, "Running", f"optimizer process {os.getpid()} started")
         try:
             while not self.step():
-                time.sleep(POLL_INTERVAL)
+                self._wait()
         except BaseException as e:
             msg = f"the optimizer process failed: {type(e).__name__}: {e}"
             self._finish(OptimizationStatus.FAILED, msg)
@@ -144,6 +144,17 @@ class Loop:
                 self._finish(OptimizationStatus.COMPLETE, f"{len(counted)} trials done")
             return True
         return False
+
+    def _wait(self) -> None:
+        """Until the next pass: ``POLL_INTERVAL``, or less when a running trial's job ends first, so
+        the next trial starts as soon as the previous one's result is known (not on a poll tick)."""
+        from optuna.trial import TrialState
+
+        jobs = [t.user_attrs["job"] for t in self._trials(TrialState.RUNNING) if t.user_attrs.get("submitted")]
+        if jobs:
+            self.client.backend.wait_for_any_end(jobs, POLL_INTERVAL)
+        else:
+            time.sleep(POLL_INTERVAL)
 
     # ---- trials -----------------------------------------------------------------------------
     def _write_pruner(self) -> bool:

@@ -263,6 +263,11 @@ class LocalBackend(Backend):
         files = logs.step_files(step, row.num_nodes, row.procs_per_node, JobDir.for_job(self.home, job_id))
         return logs.read_chunk(step, files(), cursor, done=row.status.is_terminal)
 
+    def wait_for_any_end(self, job_ids: list[str], timeout: float) -> None:
+        """Wake when one of the jobs' supervisors exits (it exits right after recording the outcome)."""
+        rows = [self.store.get_job(j) for j in job_ids]
+        procs.wait_any_exit([(r.supervisor_pid, r.supervisor_start) for r in rows if r is not None and not r.status.is_terminal], timeout)
+
     # ---- control -----------------------------------------------------------------------
     def stop_job(self, job_id: str) -> None:
         """Ask the job to stop; returns at once (wait for ``Stopped`` with ``wait_for_job_status``).
