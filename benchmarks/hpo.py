@@ -1,6 +1,7 @@
 """Hyperparameter optimization (issue 14): what pruning saves, what a trial as a job costs, parallel trials.
 
     python benchmarks/hpo.py --trials 16 --steps 200 --rounds 1
+    python benchmarks/hpo.py --cases sequential --trials 16 --steps 100 --rounds 3   # pruning and overhead only
 
 On the tiny GPT-2 of ``trainjob.demo`` (eval every 25 steps), learning rate loguniform(1e-5, 1e-1),
 ``RandomSearch(random_state=seed)`` so every study draws the same values:
@@ -61,9 +62,31 @@ def through_optimizer(trials: int, steps: int, seed: int, prune: bool, parallel:
     job = oc.wait_for_job_status(name, timeout=3600, polling_interval=0.2)
     wall = time.monotonic() - t0
     spent = sum((tc.get_job_progress(t.name) or {}).get("currentStep") or 0 for t in job.trials)
+    stages = breakdown(tc, [t.trainjob for t in job.trials if t.trainjob is not None])
     values = [t.value for t in job.trials if t.value is not None and t.status == "Complete"]
     return {"wall": wall, "steps": spent, "best": min(values), "pruned": sum(t.status == "Pruned" for t in job.trials),
-            "lrs": [t.parameters["learning_rate"] for t in job.trials]}  # fmt: skip
+            "lrs": [t.parameters["learning_rate"] for t in job.trials], **stages}  # fmt: skip
+
+
+STAGES = ("submit to TrainBegin", "training", "TrainEnd to recorded", "recorded to next submit")
+
+
+def breakdown(tc, jobs: list) -> dict:
+    """Where each trial's wall went, from the jobs' own records (medians over the trials, seconds):
+    job created -> ``TrainBegin`` (supervisor start, warm fork, model and data built), ``TrainBegin`` ->
+    ``TrainEnd``, ``TrainEnd`` -> the job recorded ended, and from that to the next trial's job created."""
+    jobs = sorted(jobs, key=lambda j: j.created_at)
+    per: dict[str, list[float]] = {k: [] for k in STAGES}
+    for i, j in enumerate(jobs):
+        ev = {e.reason: e.time.timestamp() for e in tc.get_job_events(j.name)}
+        created, finished = j.created_at.timestamp(), j.finished_at.timestamp() if j.finished_at else None
+        if "TrainBegin" in ev and "TrainEnd" in ev and finished:
+            per["submit to TrainBegin"].append(ev["TrainBegin"] - created)
+            per["training"].append(ev["TrainEnd"] - ev["TrainBegin"])
+            per["TrainEnd to recorded"].append(finished - ev["TrainEnd"])
+        if finished and i + 1 < len(jobs):
+            per["recorded to next submit"].append(jobs[i + 1].created_at.timestamp() - finished)
+    return {k: median(v) if v else float("nan") for k, v in per.items()}
 
 
 def in_process(trials: int, steps: int, seed: int) -> dict:
@@ -86,7 +109,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cases", default="all", help="'all' (the first four), 'overhead' (the sequential study and the one-process run) or 'parallel' (sequential vs 2 parallel with 1 CPU each)")
+    ap.add_argument("--cases", default="all", help="'all' (the first four), 'sequential' (no pruning, median pruning, one process), 'overhead' (the sequential study and the one-process run) or 'parallel' (sequential vs 2 parallel with 1 CPU each)")
     args = ap.parse_args()
     os.environ.update({k: v for k, v in ENV.items() if k not in os.environ or k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM")})
     from trainjob.backends.local.warm import client as warm_client
@@ -101,6 +124,7 @@ def main() -> None:
         "optimizer, 2 parallel, 1 CPU each": lambda: through_optimizer(args.trials, args.steps, args.seed, prune=False, parallel=2, cpu=1),
     }
     wanted = {"all": list(cases)[:4], "overhead": ["optimizer, no pruning", "one process, optuna.study.optimize"],
+              "sequential": ["optimizer, no pruning", "optimizer, median pruning", "one process, optuna.study.optimize"],
               "parallel": ["optimizer, no pruning", "optimizer, 2 parallel, 1 CPU each"]}[args.cases]  # fmt: skip
     cases = {k: v for k, v in cases.items() if k in wanted}
     results: dict[str, list[dict]] = {k: [] for k in cases}
@@ -125,6 +149,10 @@ def main() -> None:
     for n in names:
         m = med[n]
         print(f"| {n} | {m['wall']:.1f} | {m['steps']:.0f} | {m['best']:.4f} | {m['pruned']:.0f} |")
+    print("\nper trial, medians (s): | case | " + " | ".join(STAGES) + " |")
+    for n in names:
+        if STAGES[0] in results[n][0]:
+            print(f"| {n} | " + " | ".join(f"{median([x[k] for x in results[n]]):.3f}" for k in STAGES) + " |")
     base = med["optimizer, no pruning"]
     if "optimizer, median pruning" in med:
         pruned = med["optimizer, median pruning"]

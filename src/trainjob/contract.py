@@ -29,6 +29,7 @@ SUBMIT_DIR = "TRAINJOB_SUBMIT_DIR"  # the submitter's working directory
 PLACEMENT = "TRAINJOB_PLACEMENT"  # JSON: each node's CPUs, GPUs and memory cgroup (runtime/affinity.py)
 RESUME = "TRAINJOB_RESUME"  # "1": Trainers resume from the newest complete checkpoint
 HOME = "TRAINJOB_HOME"  # where the store and job folders live (default ~/.trainjob)
+PRUNING = "TRAINJOB_PRUNING"  # JSON: the Optuna trial that rank 0 reports each value of the objective to (runtime/pruning.py)
 
 # ---- files in a job's folder -------------------------------------------------------------
 SPEC_FILE = "spec.json"  # the job's spec, secrets masked (trainjob.masking): safe to show

@@ -154,6 +154,16 @@ class Backend(ABC):
     @abstractmethod
     def get_job_result(self, job_id: str) -> Result: ...
 
+    def wait_for_any_end(self, job_ids: list[str], timeout: float) -> None:
+        """Return when one of ``job_ids`` may have ended, at the latest after ``timeout`` seconds.
+
+        For pollers (the optimizer process) that want to act the moment a job ends, not on their
+        next tick. This default just sleeps; a backend that can be woken does better.
+        """
+        import time
+
+        time.sleep(timeout)
+
     @abstractmethod
     def stop_job(self, job_id: str) -> None:
         """Ask every rank to save a checkpoint at the same step and end; the job becomes Stopped."""

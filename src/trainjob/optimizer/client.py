@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -191,21 +190,13 @@ class OptimizerClient:
 
     def _start_loop(self, name: str, sid: int, files: state.Files) -> None:
         from trainjob.backends.local import procs
-        from trainjob.backends.local.backend import _forget_child
 
         env = dict(os.environ)
         env[contract.HOME] = str(self.home)
-        with open(files.log, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "trainjob.optimizer.loop", name, str(self.home)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,  # cwd stays the caller's: trials record it as their submit folder
-                start_new_session=True,  # detached: survives the client and its terminal
-            )
-        self._storage.set_study_user_attr(sid, "loop", {"pid": proc.pid, "start": procs.start_time(proc.pid), "host": procs.this_host()})
-        _forget_child(proc)
+        argv = [sys.executable, "-m", "trainjob.optimizer.loop", name, str(self.home)]
+        # cwd stays the caller's: trials record it as their submit folder
+        pid, start = procs.start_detached(argv, log=files.log, env=env)
+        self._storage.set_study_user_attr(sid, "loop", {"pid": pid, "start": start, "host": procs.this_host()})
 
     def _resume(self, name: str, template: Any, trial_config: Any, search_space: Any, objectives: Any, algorithm: Any, early_stopping: Any) -> str:
         import cloudpickle

@@ -78,6 +78,7 @@ class Loop:
         self.study = optuna.load_study(
             study_name=name, storage=self.storage, sampler=spec.sampler(self.template["algorithm"], n), pruner=spec.pruner(self.template["early_stopping"])
         )
+        self.prune_in_trial = self._write_pruner()
         self.ending: tuple[OptimizationStatus, str] | None = None
         self.entries: dict[str, list[dict[str, Any]]] = {}  # each watched job's metrics history, read incrementally
 
@@ -93,7 +94,7 @@ class Loop:
         state.add_event(self.files, "Running", f"optimizer process {os.getpid()} started")
         try:
             while not self.step():
-                time.sleep(POLL_INTERVAL)
+                self._wait()
         except BaseException as e:
             msg = f"the optimizer process failed: {type(e).__name__}: {e}"
             self._finish(OptimizationStatus.FAILED, msg)
@@ -144,7 +145,49 @@ class Loop:
             return True
         return False
 
+    def _wait(self) -> None:
+        """Until the next pass: ``POLL_INTERVAL``, or less when a running trial's job ends first, so
+        the next trial starts as soon as the previous one's result is known (not on a poll tick)."""
+        from optuna.trial import TrialState
+
+        jobs = [t.user_attrs["job"] for t in self._trials(TrialState.RUNNING) if t.user_attrs.get("submitted")]
+        if jobs:
+            self.client.backend.wait_for_any_end(jobs, POLL_INTERVAL)
+        else:
+            time.sleep(POLL_INTERVAL)
+
     # ---- trials -----------------------------------------------------------------------------
+    def _write_pruner(self) -> bool:
+        """Pickle the pruner for trials that prune themselves; False where they cannot: no early
+        stopping, trials not on this machine (Ray), or a pruner that cannot be pickled."""
+        import cloudpickle
+
+        if self.template["early_stopping"] is None or self.client.backend.name != "local":
+            return False
+        try:
+            data = cloudpickle.dumps(self.study.pruner)
+        except Exception as e:  # noqa: BLE001 - whatever a custom pruner's reducer raises
+            print(f"the pruner cannot be pickled ({type(e).__name__}: {e}): trials are judged by this process", file=sys.stderr, flush=True)
+            return False
+        tmp = self.files.pruner.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(self.files.pruner)
+        return True
+
+    def _prunes_itself(self, trainer: Any, t: Any) -> Any:
+        """The trainer with ``TRAINJOB_PRUNING`` when the trial can prune itself at its evaluations
+        (an instrumented Trainer on this machine, see ``runtime.pruning``); else as it is."""
+        import json
+
+        from trainjob import contract
+
+        if not self.prune_in_trial or not getattr(trainer, "enable_progression_tracking", False):
+            return trainer
+        link = {"storage": state.storage_url(self.home), "study": self.name, "trial_id": t._trial_id, "number": t.number,
+                "metric": self.objective["metric"], "pruner": str(self.files.pruner)}  # fmt: skip
+        self._trial_attr(t, "prunes_itself", True)
+        return dataclasses.replace(trainer, env={**(trainer.env or {}), contract.PRUNING: json.dumps(link)})
+
     def _submit(self, t: Any) -> None:
         from trainjob.options import Labels, Name
 
@@ -159,7 +202,7 @@ class Loop:
                 self.client.train(
                     runtime=self.template["runtime"],
                     initializer=self.template["initializer"],
-                    trainer=trial_trainer(self.template["trainer"], dict(t.params)),
+                    trainer=self._prunes_itself(trial_trainer(self.template["trainer"], dict(t.params)), t),
                     options=[Name(job), Labels({state.LABEL: self.name, state.TRIAL_LABEL: str(t.number)})],
                     resume=resume_from,
                 )
@@ -172,8 +215,6 @@ class Loop:
         state.add_event(self.files, "TrialCreated", f"trial {t.number} started as job {job} with {t.params}{extra}", trial=job, data={"parameters": t.params})
 
     def _watch(self, t: Any) -> None:
-        import optuna
-
         if not t.user_attrs.get("submitted"):
             self._submit(t)
             return
@@ -189,21 +230,33 @@ class Loop:
             self._trial_attr(t, "status", job.status.value)
         if self.ending is not None and not job.status.is_terminal:
             self._stop_trial_job(t)
+        if job.status.is_terminal and t.user_attrs.get("prunes_itself"):
+            t = self.storage.get_trial(t._trial_id)  # what its rank 0 wrote up to its end (values, pruned_step)
         series = spec.metric_series(self.objective["metric"], entries)
         pruning = t.user_attrs.get("pruned_step") is not None
+        if t.user_attrs.get("prunes_itself") and not job.status.is_terminal:
+            pass  # its rank 0 reports each value and asks the pruner (runtime.pruning); after it, values it missed are filled in
+        else:
+            self._report(t, name, job, series, pruning)
+            pruning = t.user_attrs.get("pruned_step") is not None
+        if job.status.is_terminal:
+            self._finish_trial(t, job.status, entries, series, pruning)
+
+    def _report(self, t: Any, name: str, job: Any, series: list[tuple[int, float]], pruning: bool) -> None:
+        """Report the values Optuna does not have yet; while the job runs, stop it if the pruner says so."""
+        import optuna
+
         trial = optuna.trial.Trial(self.study, t._trial_id)
         for step, value in series:
             if step in t.intermediate_values:
                 continue
             trial.report(value, step)
-            if not pruning and self.ending is None and not job.status.is_terminal and trial.should_prune():
+            if not pruning and self.ending is None and not job.status.is_terminal and not t.user_attrs.get("prunes_itself") and trial.should_prune():
                 self.client.stop_job(name)
                 self._trial_attr(t, "pruned_step", step)
                 pruning = True
                 state.add_event(self.files, "TrialPruning", f"trial {t.number}: {self.objective['metric']}={value:g} at step {step}: stopping its job (a checkpoint is saved)", trial=name, data={"step": step, "value": value})
                 break
-        if job.status.is_terminal:
-            self._finish_trial(t, job.status, entries, series, pruning)
 
     def _finish_trial(self, t: Any, status: JobStatus, entries: list[dict], series: list[tuple[int, float]], pruning: bool) -> None:
         import math

@@ -6,11 +6,15 @@ trainjob's own records ride in it as user attributes, so there is one source of 
 - study ``trainjob``: the spec (search space, objectives, trial config, algorithm, early stopping);
   ``status``, ``message``, ``finished_at``; ``loop``: the optimizer process (pid, start time, host);
 - trial ``job`` (its job's name), ``submitted``, ``status`` (a ``TrialStatus``), ``error``,
-  ``metrics``, ``pruned_step``, ``resume_from`` (a stopped trial's job that a resume continues).
+  ``metrics``, ``pruned_step``, ``resume_from`` (a stopped trial's job that a resume continues),
+  ``prunes_itself`` (its job's rank 0 reports to the study and asks the pruner: ``runtime.pruning``).
 
 The folder ``optimizations/<name>/`` holds what is not data: the pickled trial template
-(``template.pkl``), the optimizer's log, the events (``events.jsonl``) and the ``stop`` request.
-Any process may read; the optimizer process is the one writer while it runs.
+(``template.pkl``), the pickled pruner (``pruner.pkl``), the optimizer's log, the events
+(``events.jsonl``) and the ``stop`` request. Any process may read. The optimizer process writes;
+so does rank 0 of a trial that prunes itself (its intermediate values and ``pruned_step``): SQLite
+serializes the writers (WAL mode, each waits up to ``BUSY_TIMEOUT`` for the others), and no two
+write the same row (tests/test_optimizer.py writes from several processes at once).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainjob.runtime import pruning
 from trainjob.types import Event
 
 STORAGE_FILE = "optuna.db"
@@ -29,6 +34,7 @@ FOLDER = "optimizations"
 LABEL = "trainjob.io/optimization"  # on every trial's job: the optimization's name
 TRIAL_LABEL = "trainjob.io/trial"  # the trial's number
 SPEC_ATTR = "trainjob"
+BUSY_TIMEOUT = pruning.BUSY_TIMEOUT  # seconds a writer waits for the others (the trials' ranks use the same)
 _storages: dict[str, Any] = {}
 
 
@@ -53,6 +59,11 @@ class Files:
         return self.root / "events.jsonl"
 
     @property
+    def pruner(self) -> Path:
+        """The pickled Optuna pruner, for trials that prune themselves (``runtime.pruning``)."""
+        return self.root / "pruner.pkl"
+
+    @property
     def stop(self) -> Path:
         return self.root / "stop"
 
@@ -69,7 +80,7 @@ def storage(home: Path) -> Any:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         Path(home).mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        st = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT}})
         with st.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         _storages[url] = st

@@ -30,7 +30,7 @@ from transformers.trainer_callback import TrainerCallback
 
 from trainjob import contract
 from trainjob.progress import RateWindow, build_progress, categorize, clean_number
-from trainjob.runtime import done, sinks, stopping
+from trainjob.runtime import done, pruning, sinks, stopping
 
 WRITE_INTERVAL = 0.25  # seconds between writes (progress, logged entries) while steps are fast
 
@@ -42,6 +42,7 @@ class TrainjobCallback(TrainerCallback):
         self.sink = sinks.current()
         self.attempt = int(os.environ.get(contract.ATTEMPT, "0"))
         self.custom_metrics: dict[str, str] = json.loads(os.environ.get(contract.CUSTOM_METRICS) or "{}")
+        self.pruning = pruning.current()  # a trial that prunes itself at its evaluations, or None
         self.rate = RateWindow()
         self.train_metrics: dict[str, Any] = {}
         self.eval_metrics: dict[str, Any] = {}
@@ -109,7 +110,10 @@ class TrainjobCallback(TrainerCallback):
         self._maybe_flush(state, now)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        """Keep the entry for the next write (encoding and writing wait for ``_flush``)."""
+        """Keep the entry for the next write (encoding and writing wait for ``_flush``); in a trial
+        that prunes itself, report the objective and stop here if the pruner says so."""
+        if self.pruning is not None and logs:
+            self._prune(self.pruning, state, control, logs)
         if not state.is_world_process_zero or not logs:
             return
         entry = {"step": state.global_step, "epoch": clean_number(state.epoch), "time": time.time(), "attempt": self.attempt}
@@ -123,6 +127,17 @@ class TrainjobCallback(TrainerCallback):
             self._maybe_flush(state, now)
         else:
             self._flush(state, now)  # logged before any step (e.g. an evaluation first): nothing to wait for
+
+    def _prune(self, trial: pruning.TrialPruning, state, control, logs: dict[str, Any]) -> None:
+        """Every rank: rank 0 reports the objective's value and asks the pruner; all stop together."""
+        key = trial.key(logs)
+        if key is None:
+            return
+        why = trial.report(state.global_step, logs[key]) if state.is_world_process_zero else None
+        if stopping.any_rank(why is not None):
+            stopping.stop_now(control, why or "pruned by the optimizer")
+            if state.is_world_process_zero:
+                self._event("Pruned", f"{why}: a checkpoint is saved and training ends", {"step": state.global_step, "metric": key, "value": clean_number(logs[key])})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not state.is_world_process_zero:
@@ -159,6 +174,7 @@ class TrainjobCallback(TrainerCallback):
                 "best_model_checkpoint": os.path.abspath(state.best_model_checkpoint) if state.best_model_checkpoint else None,
                 "completed": finished,
                 "stopped": stopping.requested(),
+                "stop_reason": stopping.reason(),
                 "progress": self.progress,
             },
         )

@@ -36,6 +36,7 @@ STOP_POLL = 0.25  # seconds between checks of the stop file by the watcher threa
 _requested = False  # asked by request() or SIGTERM
 _stop_file_seen = False  # the watcher thread found the supervisor's stop file
 _agreed = False
+_reason: str | None = None  # why training stopped early when the rank itself decided it (pruning)
 _training = False
 _world = 1
 _next_check = CHECK_EVERY  # the next global step at which the ranks all-reduce their flags
@@ -59,6 +60,26 @@ def _on_sigterm(signum: int, frame: object) -> None:
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def reason() -> str | None:
+    """Why this rank stopped training itself (``stop_now``), or None."""
+    return _reason
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any: one all-reduce, which every rank must call at
+    the same point (one process: ``flag`` itself)."""
+    return _all_agree(flag, CHECK_EVERY)[0]
+
+
+def stop_now(control, why: str) -> None:
+    """Stop at this step, saving a checkpoint, as an agreed stop does; ``why`` goes into ``TrainEnd``.
+    Every rank must call it at the same step (see ``any_rank``)."""
+    global _agreed, _reason
+    _agreed, _reason = True, why
+    control.should_save = True
+    control.should_training_stop = True
 
 
 def requested() -> bool:
@@ -102,8 +123,8 @@ class _StopFileWatcher:
 
 def on_train_begin(args, state) -> None:
     """Reset the agreement for this ``Trainer.train()``, plan the first check step, watch the stop file."""
-    global _agreed, _training, _world, _next_check, _last_check, _stop_file_seen, _watcher
-    _agreed = False
+    global _agreed, _reason, _training, _world, _next_check, _last_check, _stop_file_seen, _watcher
+    _agreed, _reason = False, None
     _training = True
     _stop_file_seen = False
     _world = max(1, int(getattr(args, "world_size", 1) or 1))

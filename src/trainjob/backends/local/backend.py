@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,19 +107,10 @@ class LocalBackend(Backend):
     def _start_supervisor(self, job_id: str, jobdir: JobDir) -> None:
         env = dict(os.environ)
         env[contract.HOME] = str(self.home)
-        with open(jobdir.supervisor_log, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "trainjob.backends.local.supervisor", job_id, str(self.home)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=jobdir.root,
-                env=env,
-                start_new_session=True,  # detached: survives the client and its terminal
-            )
+        argv = [sys.executable, "-m", "trainjob.backends.local.supervisor", job_id, str(self.home)]
+        pid, start = procs.start_detached(argv, log=jobdir.supervisor_log, env=env, cwd=jobdir.root)
         # Recorded here, not only by the supervisor, so there is no window without an owner.
-        self.store.update_job(job_id, supervisor_pid=proc.pid, supervisor_start=procs.start_time(proc.pid), supervisor_host=procs.this_host())
-        _forget_child(proc)
+        self.store.update_job(job_id, supervisor_pid=pid, supervisor_start=start, supervisor_host=procs.this_host())
 
     def _resume_source(self, job_id: str) -> JobDir:
         """The folder of the ended job that ``resume=job_id`` continues from (validated here, in the caller)."""
@@ -268,6 +258,11 @@ class LocalBackend(Backend):
         row = self._row(job_id)
         files = logs.step_files(step, row.num_nodes, row.procs_per_node, JobDir.for_job(self.home, job_id))
         return logs.read_chunk(step, files(), cursor, done=row.status.is_terminal)
+
+    def wait_for_any_end(self, job_ids: list[str], timeout: float) -> None:
+        """Wake when one of the jobs' supervisors exits (it exits right after recording the outcome)."""
+        rows = [self.store.get_job(j) for j in job_ids]
+        procs.wait_any_exit([(r.supervisor_pid, r.supervisor_start) for r in rows if r is not None and not r.status.is_terminal], timeout)
 
     # ---- control -----------------------------------------------------------------------
     def stop_job(self, job_id: str) -> None:
@@ -456,12 +451,6 @@ def _read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-
-def _forget_child(proc: subprocess.Popen) -> None:
-    """The supervisor is detached; don't leave a zombie in a long-lived client when it ends."""
-    import threading
-
-    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -105,3 +105,53 @@ def recorded_processes(pids_dir: Path, pattern: str = "*.json") -> list[psutil.P
         if p is not None and p.pid != os.getpid():
             out.append(p)
     return out
+
+
+def start_detached(argv: list[str], *, log: Path, env: dict[str, str], cwd: Path | None = None) -> tuple[int, float | None]:
+    """Start ``argv`` detached: its own session (it survives the caller and its terminal), stdin from
+    /dev/null, stdout and stderr appended to ``log``. Returns its identity (pid, start time), for the
+    caller to record at once, so there is no moment when the new process has no recorded owner.
+
+    Used for a job's supervisor and an optimization's optimizer process. The caller never waits for
+    it; a daemon thread reaps it when it ends, so a long-lived client collects no zombies.
+    """
+    import subprocess
+    import threading
+
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+    return proc.pid, start_time(proc.pid)
+
+
+def wait_any_exit(identities: list[tuple[int | None, float | None]], timeout: float) -> None:
+    """Return when one of these processes (pid, start time) has ended, at the latest after ``timeout``.
+
+    Blocks on pidfds (Linux >= 5.3): no polling, woken the moment one exits. Returns at once when
+    one is already gone; where pidfds are missing it sleeps ``timeout``.
+    """
+    import select
+    import time
+
+    fds = []
+    try:
+        for pid, started in identities:
+            if not pid:
+                continue  # not started yet: nothing to wait on
+            if not is_alive(pid, started):
+                return
+            try:
+                fds.append(os.pidfd_open(pid))  # type: ignore[arg-type]
+            except (AttributeError, OSError):
+                time.sleep(timeout)
+                return
+        if not fds:
+            time.sleep(timeout)
+            return
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        poller.poll(timeout * 1000)
+    finally:
+        for fd in fds:
+            os.close(fd)

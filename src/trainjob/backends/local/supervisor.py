@@ -568,7 +568,8 @@ class Supervisor:
                 return None
             return self._stopped_outcome(where)
         if ok and data.get("stopped") and not data.get("completed"):
-            return JobStatus.STOPPED, f"a rank received SIGTERM (preemption?) and training stopped{where}", None
+            why = data.get("stop_reason") or "a rank received SIGTERM (preemption?)"  # or it stopped itself (pruned)
+            return JobStatus.STOPPED, f"{why} and training stopped{where}", None
         return None
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
