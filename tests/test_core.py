@@ -75,6 +75,18 @@ def test_outcome_reason_message_and_result():
     assert (result["global_step"], result["best_checkpoint"], result["checkpoints"]) == (2, "/c/checkpoint-2", ["/c/checkpoint-2"])
 
 
+def test_after_a_failed_attempt_restart_until_max_restarts_then_report_the_first_failure():
+    from trainjob.core.outcome import after_failure
+
+    first, second = {"type": "ValueError", "message": "boom", "rank": 1}, {"type": "OSError", "message": "disk", "rank": 0}
+    then = after_failure(0, 1, first, None)
+    assert (then.restart, then.next_attempt, then.cause, then.message) == (True, 1, "rank 1: ValueError: boom", None)
+    last = after_failure(1, 1, second, then.first_error)
+    assert (last.restart, last.next_attempt, last.cause) == (False, None, "rank 0: OSError: disk")
+    assert last.first_error == first and last.message.startswith("rank 1: ValueError: boom (the first failure; 1 restart used")
+    assert after_failure(0, 0, first, None).message == "rank 1: ValueError: boom"  # no restarts: the failure alone
+
+
 def test_stop_and_deadline_outcomes():
     from trainjob.core.outcome import deadline_passed, stop_reason, stopped_outcome
     from trainjob.types import JobStatus

@@ -5,6 +5,7 @@ Pure functions of what a backend observed; the backend stores what they return.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from trainjob.types import JobStatus
@@ -39,6 +40,29 @@ def failure_message(first_error: Mapping[str, Any] | None, max_restarts: int) ->
     if max_restarts:
         msg += f" (the first failure; {max_restarts} restart{'s' if max_restarts != 1 else ''} used, see the events for each attempt)"
     return msg
+
+
+@dataclass(frozen=True)
+class AfterFailure:
+    """What follows a failed attempt (``after_failure``)."""
+
+    restart: bool
+    next_attempt: int | None  # the attempt to launch; None when the job fails for good
+    first_error: Mapping[str, Any]  # the job's first failure, reported as its error
+    cause: str  # the failure in one line, for the Restarting event and the next attempt's log
+    message: str | None  # the job's failure message when it does not restart
+
+
+def after_failure(attempt: int, max_restarts: int, error: Mapping[str, Any], first_error: Mapping[str, Any] | None) -> AfterFailure:
+    """Attempt ``attempt`` (0 first) failed with ``error``: restart, which attempt next, or fail with which message.
+
+    A job gets ``max_restarts`` relaunches after its first attempt; the first failure is the one
+    it reports. (On Ray, Ray Train counts the restarts itself with the same ``max_restarts``.)
+    """
+    first = first_error or error
+    if attempt >= max_restarts:
+        return AfterFailure(False, None, first, describe_error(error), failure_message(first, max_restarts))
+    return AfterFailure(True, attempt + 1, first, describe_error(error), None)
 
 
 def deadline_passed(active_deadline_seconds: float | None, created_at: float, now: float) -> bool:

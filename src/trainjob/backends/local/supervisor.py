@@ -29,7 +29,7 @@ from trainjob.backends.local.launcher import plan_launch
 from trainjob.backends.local.warm import client as warm_start
 from trainjob.checkpoints import checkpoint_step, latest_complete, list_checkpoints
 from trainjob.core import events
-from trainjob.core.outcome import deadline_passed, describe_error, failure_message, result_record, stop_reason, stopped_outcome
+from trainjob.core.outcome import after_failure, deadline_passed, result_record, stop_reason, stopped_outcome
 from trainjob.core.rank_env import free_port
 from trainjob.resources import local_capacity
 from trainjob.errors import TrainJobError
@@ -181,12 +181,12 @@ class Supervisor:
             if ok:
                 return JobStatus.COMPLETE, None, None
             error = attempt.hang_error or self._root_cause(attempt)
-            first_error = first_error or error
-            cause = describe_error(error)
             self._event(events.attempt_failed(error, attempt.number))
-            if attempt_no >= max_restarts:
-                return JobStatus.FAILED, failure_message(first_error, max_restarts), first_error
-            attempt_no += 1
+            then = after_failure(attempt_no, max_restarts, error, first_error)
+            first_error, cause = dict(then.first_error), then.cause
+            if not then.restart:
+                return JobStatus.FAILED, then.message, first_error
+            attempt_no = then.next_attempt
             ckpt = latest_complete(self._output_dir())
             self._event(events.restarting(attempt_no, max_restarts, cause, ckpt, checkpoint_step(ckpt) if ckpt else None))
             self._clear_attempt_files()
