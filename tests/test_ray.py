@@ -754,7 +754,7 @@ def test_trainer_command_runs_on_ray(ray_client):
         ray_client.train(trainer=CustomTrainer(command="true"), options=[Name("ray-command")])
 
 
-def test_bad_config_and_unreachable_cluster():
+def test_bad_config_and_unreachable_cluster(monkeypatch):
     with pytest.raises(ValidationError) as info:
         TrainerClient(RayBackendConfig(address="tcp://x:1", installer="conda"))
     assert info.value.fields == ["address", "installer"]
@@ -765,6 +765,14 @@ def test_bad_config_and_unreachable_cluster():
     with pytest.raises(BackendError) as err:
         client.list_jobs()
     assert time.monotonic() - t0 < 15 and "cannot reach the Ray cluster" in str(err.value)
+    # A dashboard address alone: the GCS is never guessed from it (issue 15), at once or through $RAY_ADDRESS.
+    with pytest.raises(ValidationError) as info:
+        TrainerClient(RayBackendConfig(address="http://127.0.0.1:8265"))
+    assert info.value.fields == ["gcs_address"] and "does not guess" in str(info.value)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    with pytest.raises(ValidationError) as info:
+        TrainerClient(RayBackendConfig(address="auto")).list_jobs()
+    assert info.value.fields == ["gcs_address"]
 
 
 def read_initialized() -> dict:
