@@ -653,6 +653,44 @@ def test_a_new_client_process_needs_no_ray_sdk(cluster):
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"value": 3, "log": True, "sdk": False}
 
 
+def test_state_mirror_serves_a_jobs_state_through_the_dashboard(ray_client, cluster):
+    """Issue 15 (partial): with TRAINJOB_STATE_MIRROR=1 the driver mirrors the job's keys into a
+    file that the dashboard's log endpoint serves; read through it alone (no GCS), the progress
+    (live, and how stale), metrics, events, outcome and verified return value are the GCS's."""
+    from trainjob.backends.ray import integrity
+    from trainjob.backends.ray.jobs_api import JobsAPI
+    from trainjob.backends.ray.mirror import ENV, INTERVAL, MirrorGcs
+    from trainjob.backends.ray.state import KV, Keys, read_events, read_metrics
+
+    trainer = TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": 60, "save_steps": None, "step_delay": 0.1}, env={ENV: "1"})
+    job_id = ray_client.train(trainer)
+    api, keys = JobsAPI(cluster.dashboard), Keys(job_id)  # the dashboard only: no GCS below
+    wait_until(lambda: (api.info(job_id) or None) and api.info(job_id).driver_node_id, timeout=JOB_TIMEOUT)
+    mirrored = KV(MirrorGcs.through_dashboard(api, job_id, api.info(job_id).driver_node_id, ttl=0))
+
+    def live_progress():
+        try:
+            return mirrored.get_json(keys.progress)
+        except Exception:  # noqa: BLE001 - the file is written once the driver started
+            return None
+
+    wait_until(live_progress, timeout=JOB_TIMEOUT)
+    ages = []
+    while (progress := mirrored.get_json(keys.progress)) and progress["currentStep"] < 50:
+        ages.append(time.time() - json.loads(api.get("/api/v0/logs/file", node_id=api.info(job_id).driver_node_id, filename=f"trainjob-{job_id}.state.json", lines=-1))["time"])
+        time.sleep(0.3)
+    assert ages and max(ages) < INTERVAL + 1.5, ages  # the copy is never older than the interval, plus a scan
+    ray_client.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT)
+    wait_until(lambda: mirrored.get(keys.outcome) is not None, timeout=30)
+    kv = ray_client.backend.conn.kv
+    assert mirrored.get_json(keys.outcome) == kv.get_json(keys.outcome) and mirrored.get_json(keys.outcome)["status"] == "Complete"
+    assert read_events(mirrored, keys) == read_events(kv, keys) and read_metrics(mirrored, keys) == read_metrics(kv, keys)
+    assert mirrored.get_json(keys.progress) == kv.get_json(keys.progress)
+    record = mirrored.get_json(keys.job)
+    assert integrity.read_return_value(mirrored.get(keys.return_value), job_id, record) == ray_client.get_job_result(job_id).return_value
+    assert mirrored.get(keys.payload) is None and mirrored.get(keys.secrets) is None and mirrored.get(integrity.signing_key_name(keys)) is None
+
+
 AUTH_CLIENT = """
 import json, sys
 from trainjob import BackendError, CustomTrainer, RayBackendConfig, TrainerClient
@@ -754,7 +792,7 @@ def test_trainer_command_runs_on_ray(ray_client):
         ray_client.train(trainer=CustomTrainer(command="true"), options=[Name("ray-command")])
 
 
-def test_bad_config_and_unreachable_cluster():
+def test_bad_config_and_unreachable_cluster(monkeypatch):
     with pytest.raises(ValidationError) as info:
         TrainerClient(RayBackendConfig(address="tcp://x:1", installer="conda"))
     assert info.value.fields == ["address", "installer"]
@@ -765,6 +803,14 @@ def test_bad_config_and_unreachable_cluster():
     with pytest.raises(BackendError) as err:
         client.list_jobs()
     assert time.monotonic() - t0 < 15 and "cannot reach the Ray cluster" in str(err.value)
+    # A dashboard address alone: the GCS is never guessed from it (issue 15), at once or through $RAY_ADDRESS.
+    with pytest.raises(ValidationError) as info:
+        TrainerClient(RayBackendConfig(address="http://127.0.0.1:8265"))
+    assert info.value.fields == ["gcs_address"] and "does not guess" in str(info.value)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    with pytest.raises(ValidationError) as info:
+        TrainerClient(RayBackendConfig(address="auto")).list_jobs()
+    assert info.value.fields == ["gcs_address"]
 
 
 def read_initialized() -> dict:

@@ -45,7 +45,7 @@ class RayBackendConfig:
     directory ``workdir/``, where a relative ``output_dir`` and the checkpoints land); the same
     path on every node, on shared storage for multi-node resume (default: the nodes'
     ``$TRAINJOB_HOME`` or ``~/.trainjob``). ``gcs_address``: the GCS when ``address`` is a
-    dashboard URL (default: its host, port 6379). ``installer``: ``"uv"`` or ``"pip"`` for
+    dashboard URL (required then: never guessed from it). ``installer``: ``"uv"`` or ``"pip"`` for
     ``packages_to_install``. ``python``: the Python command on the nodes that runs trainjob's
     driver. ``check_resources``: refuse at ``train()`` a job whose worker fits on no current node
     (turn off for an autoscaling cluster that adds bigger nodes on demand). ``working_dir``: a

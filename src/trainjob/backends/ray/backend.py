@@ -9,8 +9,8 @@ live exactly as long as the cluster does (``delete_job`` removes them).
 
 Addresses: ``"auto"`` (``RAY_ADDRESS`` or the Ray started on this machine) or ``"host:port"``
 (the GCS; the client connects to it directly, without ``ray.init``), ``"ray://host:10001"``
-(Ray Client), or ``"http://host:8265"`` (the dashboard; the GCS is then ``gcs_address`` or the
-same host on port 6379).
+(Ray Client), or ``"http://host:8265"`` (the dashboard; the GCS is then ``gcs_address``, never
+guessed).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ PACKAGES_TIMEOUT = 120.0  # seconds get_runtime_packages waits for its listing j
 SUBMIT_GRACE = 60.0  # seconds a new record may wait for Ray to know its job (working_dir uploads take a while)
 _RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:", ":task_attempt_start:", ":task_attempt_end:")
-_DEFAULT_GCS_PORT = 6379
 _ENV_LOCK = threading.Lock()
 
 
@@ -147,9 +146,9 @@ class RayBackend(Backend):
         try:
             auth.use_token(token)
             if address.startswith(("http://", "https://")):
-                parsed = urllib.parse.urlparse(address)
-                gcs = self.config.gcs_address or f"{parsed.hostname}:{_DEFAULT_GCS_PORT}"
-                return _Connection(KV.connect(gcs), address.rstrip("/"), token)
+                if not self.config.gcs_address:
+                    raise ValidationError([_needs_gcs_address(address)], "RayBackendConfig")
+                return _Connection(KV.connect(self.config.gcs_address), address.rstrip("/"), token)
             if address.startswith("ray://"):
                 import ray
 
@@ -166,7 +165,7 @@ class RayBackend(Backend):
             gcs = _resolve_gcs(address)
             kv = KV.connect(gcs)
             return _Connection(kv, _dashboard_of(kv, gcs.rpartition(":")[0]), token)
-        except BackendError:
+        except (BackendError, ValidationError):
             raise
         except Exception as e:  # noqa: BLE001 - any failure to reach the cluster is reported the same way
             if auth.is_auth_failure(e):
@@ -726,6 +725,8 @@ def _check_config(config: RayBackendConfig) -> list[Problem]:
         p.append(Problem("address", a, "a ray://, http:// or https:// address, 'host:port' (the GCS) or 'auto'"))
     elif "://" not in a and a != "auto" and not _is_host_port(a):
         p.append(Problem("address", a, "'auto' or 'host:port' of the cluster's GCS (e.g. '10.0.0.1:6379')"))
+    if isinstance(a, str) and a.startswith(("http://", "https://")) and config.gcs_address is None:
+        p.append(_needs_gcs_address(a))
     if config.gcs_address is not None and not _is_host_port(config.gcs_address):
         p.append(Problem("gcs_address", config.gcs_address, "'host:port' of the cluster's GCS (e.g. '10.0.0.1:6379')"))
     if config.auth_token is not None and (not isinstance(config.auth_token, str) or not config.auth_token.strip()):
@@ -737,6 +738,16 @@ def _check_config(config: RayBackendConfig) -> list[Problem]:
     if not isinstance(config.python, str) or not config.python.strip():
         p.append(Problem("python", config.python, "the Python command on the cluster's nodes, e.g. 'python' or '/opt/venv/bin/python'"))
     return p
+
+
+def _needs_gcs_address(address: str) -> Problem:
+    """A dashboard address alone: the GCS is never guessed from it (its port is the cluster's choice)."""
+    return Problem(
+        "gcs_address",
+        None,
+        f"the cluster's GCS 'host:port' (`ray status` on the head prints it) with address={address!r}: this client reads job state "
+        "from the GCS and does not guess its port; a client that reaches only the Jobs API is not supported yet (docs/ray.md)",
+    )
 
 
 def _is_host_port(a: str) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 from trainjob import contract
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.integrity import verified_payload
+from trainjob.backends.ray.mirror import StateMirror
 from trainjob.backends.ray.outcome import checkpoints_of, compute_result, record_outcome
 from trainjob.backends.ray.state import KV, EventWriter, Keys, last_event, read_events
 from trainjob.backends.ray.worker import job_secret_values, root_cause
@@ -234,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(logging_level="WARNING")  # inside a Ray job: joins the cluster the job runs on
-    return Driver(argv[0], KV.in_cluster()).run()
+    kv = KV.in_cluster()
+    mirror = StateMirror.start_if_asked(kv, Keys(argv[0]))  # for clients that reach only the dashboard (mirror.py)
+    try:
+        return Driver(argv[0], kv).run()
+    finally:
+        if mirror is not None:
+            mirror.close()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class RayJob:
     message: str | None = None
     error_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    driver_node_id: str | None = None  # the node whose log folder holds the driver's state mirror (mirror.py)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RayJob":
@@ -41,6 +42,7 @@ class RayJob:
             message=d.get("message"),
             error_type=d.get("error_type"),
             metadata=dict(d.get("metadata") or {}),
+            driver_node_id=d.get("driver_node_id"),
         )
 
 
