@@ -513,7 +513,13 @@ def test_job_page_draws_a_long_history_downsampled_and_fetches_only_new_entries(
             assert polls and all(u.startswith(f"/api/jobs/long-run/metrics?after={n}") or u.startswith(f"/api/jobs/long-run/metrics?after={n + 30}") for u in polls), asked
             assert not any("/series" in u for u in asked[1:])  # the whole history was read once
 
-            box = page.locator("[data-chart=loss] svg").bounding_box()
+            box = None
+            for _ in range(50):  # the chart may be mid-redraw (a poll's new points) when it is looked for
+                box = page.locator("[data-chart=loss] svg").first.bounding_box()
+                if box:
+                    break
+                page.wait_for_timeout(100)
+            assert box, "the loss chart is not visible"
             page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 120)
             page.mouse.down()
             page.mouse.move(box["x"] + box["width"] * 0.52, box["y"] + 120, steps=4)

@@ -60,6 +60,7 @@ def test_reads_a_version_less_dict_from_an_earlier_release():
     # An older, smaller record (fields added since are missing) takes the defaults.
     tiny = JobSpec.from_dict({"trainer": "CustomTrainer", "entrypoint": "func", "func": "m:f", "num_nodes": "2", "procs_per_node": 1})
     assert tiny.num_nodes == 2 and tiny.limits.stop_grace_seconds == 60.0 and tiny.tracking.metrics_port == 28080
+    assert tiny.tracking.enabled  # absent: on, as readers before JobSpec took it (the dashboard draws its history)
 
 
 def test_a_bad_field_is_named():

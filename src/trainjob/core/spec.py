@@ -328,7 +328,8 @@ class JobSpec:
             env=_frozen(r.map("env")),
             image=r.opt_str("image"),
             tracking=Tracking(
-                enabled=r.bool("enable_progression_tracking", False),
+                # absent in a stored dict: on, as every reader before JobSpec took it (the dashboard draws the history)
+                enabled=r.bool("enable_progression_tracking", True),
                 custom_metrics=_frozen(r.map("custom_metrics")),
                 metrics_port=r.int("metrics_port", DEFAULT_METRICS_PORT, minimum=0),
                 metrics_host=r.str("metrics_host", DEFAULT_METRICS_HOST),
