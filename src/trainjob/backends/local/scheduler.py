@@ -299,18 +299,19 @@ def acquire(
     t0 = time.monotonic()
     try:
         book.enqueue(job_id, created, req)
-        last: tuple | None = None
+        queued = False
         while True:
             state = book.advance(machine, job_id)
             if state is None:
                 raise SchedulingError("the job's resource lease was removed while it waited (was the job deleted?)")
             if state.assigned is not None:
                 break
-            if (state.position, state.message) != last:
-                if last is None:
-                    store.add_event(job_id, "Queued", state.message or "waiting for resources", {"position": state.position, "request": req.to_json()})
-                store.transition(job_id, JobStatus.QUEUED, message=state.message, queue_position=state.position)
-                last = (state.position, state.message)
+            if not queued:
+                # Position and message are the pass's to write (it renumbers every waiting job): a
+                # supervisor writing its own, older view could overwrite a newer one.
+                store.add_event(job_id, "Queued", state.message or "waiting for resources", {"position": state.position, "request": req.to_json()})
+                store.transition(job_id, JobStatus.QUEUED)
+                queued = True
             if should_abort():
                 book.withdraw(job_id)
                 book.close()
