@@ -33,9 +33,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 # What is left, each with why: (importing module or package, imported module or package).
 # An entry that no import needs any more fails the test: remove it when the import is gone.
 ALLOWED = {
-    # The JSON shape of the public records (jobs, events, results) belongs in the core; the
-    # dashboard and cli/records.py are being changed for issue 17, so it stays until that lands.
-    ("trainjob.dashboard.server", "trainjob.cli.records"),
     # `trainjob warm` starts and lists the local backend's warm processes; the client has no API
     # for them yet.
     ("trainjob.cli.warm", "trainjob.backends.local.warm"),

@@ -431,7 +431,7 @@ def test_a_running_job_with_no_recent_step_is_flagged(tmp_path):
     """``no step for N``: from the progress's own lastUpdatedTime, only for Running jobs, only after 2 minutes."""
     from datetime import datetime, timedelta, timezone
 
-    from trainjob.cli.records import no_step_for
+    from trainjob.core.public_records import no_step_for
     from trainjob.cli.render import status_cell
     from trainjob.types import JobStatus
 

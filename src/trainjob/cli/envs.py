@@ -17,7 +17,7 @@ from rich.table import Table
 from trainjob import contract
 from trainjob.cli import common
 from trainjob.cli.common import EXIT_USAGE, CliExit, Output, OutputOpt, err, out
-from trainjob.cli.records import iso, jsonable
+from trainjob.core.public_records import iso, jsonable
 from trainjob.cli.render import fmt_age, fmt_duration
 from trainjob.client import list_package_envs, prune_package_envs
 from trainjob.resources import format_bytes

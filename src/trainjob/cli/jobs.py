@@ -10,7 +10,7 @@ import typer
 
 from trainjob.cli import common
 from trainjob.cli.common import EXIT_FAILED, EXIT_USAGE, OUTCOME_EXIT, CliExit, JobIdArg, Output, OutputOpt, err, out
-from trainjob.cli.records import event_record, job_record, result_record, runtime_record
+from trainjob.core.public_records import event_record, job_record, result_record, runtime_record
 from trainjob.cli.render import events_table, job_detail, jobs_table, metrics_table, progress_line, result_view, runtimes_table
 
 
@@ -152,7 +152,7 @@ def metrics(
             raise CliExit(EXIT_FAILED, f"error: --plot needs matplotlib: pip install 'trainjob[dashboard]' ({e})") from None
         err.print(f"wrote {written}")
     if output is Output.json:
-        from trainjob.cli.records import jsonable
+        from trainjob.core.public_records import jsonable
 
         common.dump(jsonable(entries))
     elif plot is None:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from trainjob.cli.records import job_record
+from trainjob.core.public_records import job_record
 from trainjob.cli.render import progress_line, progress_summary
 from trainjob.client import TrainerClient
 

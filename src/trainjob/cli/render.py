@@ -1,6 +1,6 @@
 """How the CLI shows things to a person: rich tables and one-line summaries.
 
-Every function here takes the JSON records of :mod:`trainjob.cli.records` (the same data
+Every function here takes the JSON records of :mod:`trainjob.core.public_records` (the same data
 ``-o json`` prints) and returns a rich renderable or a string; printing is the caller's job.
 """
 
@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from trainjob.cli.records import metric_keys
+from trainjob.core.public_records import metric_keys
 from trainjob.resources import format_bytes
 
 STATUS_STYLE = {

@@ -13,7 +13,7 @@ import typer
 from trainjob.cli import common
 from trainjob.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, OUTCOME_EXIT, CliExit, Output, OutputOpt, err, out
 from trainjob.cli.live import JobWatcher
-from trainjob.cli.records import job_record, result_record
+from trainjob.core.public_records import job_record, result_record
 from trainjob.cli.render import fmt_duration, fmt_num, interesting, status_text
 from trainjob.core.spec import DEFAULT_EXIT_GRACE, DEFAULT_METRICS_PORT, DEFAULT_STOP_GRACE
 from trainjob.errors import Problem, ValidationError

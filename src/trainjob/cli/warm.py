@@ -16,7 +16,7 @@ from rich.table import Table
 from trainjob import contract
 from trainjob.cli import common
 from trainjob.cli.common import Output, OutputOpt, err, out
-from trainjob.cli.records import iso, jsonable
+from trainjob.core.public_records import iso, jsonable
 from trainjob.cli.render import fmt_age
 from trainjob.resources import format_bytes
 

@@ -3,7 +3,7 @@
 Pages (``static/``, plain HTML + vanilla JS, no build step, nothing from a CDN):
 ``/`` the job list, ``/jobs/{id}`` one job with live curves, logs, events and result.
 
-JSON API (the records of :mod:`trainjob.cli.records`, the same as ``trainjob ... -o json``):
+JSON API (the records of :mod:`trainjob.core.public_records`, the same as ``trainjob ... -o json``):
 
 ==========================================  =====================================================
 ``GET  /api/jobs[?status=&label=&name=]``   ``{"jobs": [job, ...], "total": N, "counts": {...}}``
@@ -54,7 +54,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from trainjob.cli.records import event_record, job_record, jsonable, result_record
+from trainjob.core.public_records import event_record, job_record, jsonable, result_record
 from trainjob.client import TrainerClient
 from trainjob.dashboard.security import MIN_TOKEN_LENGTH, Guard, is_loopback
 from trainjob.errors import JobNotFoundError, JobStateError, ValidationError

@@ -27,7 +27,7 @@ from trainjob.store import fastjson
 CHUNK = 256  # entries per chunk row
 SUB = 64  # entries per min/max pair in a chunk's summary
 DEFAULT_POINTS = 2000  # points per series in a downsampled view
-# Keys of an entry that are bookkeeping, not series (as trainjob.cli.records.BOOKKEEPING_KEYS).
+# Keys of an entry that are bookkeeping, not series (as trainjob.core.public_records.BOOKKEEPING_KEYS).
 NOT_SERIES = frozenset(("step", "epoch", "time", "attempt"))
 
 # ``summary`` comes before ``data`` on purpose: SQLite reads a row's columns in order, and a
