@@ -59,7 +59,7 @@ def through_optimizer(trials: int, steps: int, seed: int, prune: bool, parallel:
         algorithm=RandomSearch(random_state=seed),
         early_stopping=Median() if prune else None,
     )
-    job = oc.wait_for_job_status(name, timeout=3600, polling_interval=0.2)
+    job = oc.wait_for_job_status(name, timeout=3600)  # wakes when the optimizer process exits
     wall = time.monotonic() - t0
     spent = sum((tc.get_job_progress(t.name) or {}).get("currentStep") or 0 for t in job.trials)
     stages = breakdown(tc, [t.trainjob for t in job.trials if t.trainjob is not None])

@@ -165,7 +165,12 @@ class OptimizerClient:
     ) -> OptimizationJob:
         """Block until the optimization reaches one of ``status``; an end it can no longer leave
         raises (``JobFailedError`` when Failed or Stopped, ``JobStateError`` when Complete unwanted),
-        ``JobTimeoutError`` after ``timeout`` seconds."""
+        ``JobTimeoutError`` after ``timeout`` seconds.
+
+        Each look reads the optimization's status only (the whole ``OptimizationJob``, every trial's
+        job included, is built for ``callbacks`` and for the answer), and between looks it waits on
+        the optimizer process, so the end is seen the moment that process exits, not up to
+        ``polling_interval`` later."""
         allowed = {s.value for s in OptimizationStatus}
         wanted = {str(getattr(s, "value", s)) for s in ([status] if isinstance(status, str) else status)}
         problems = []
@@ -176,19 +181,24 @@ class OptimizerClient:
         if problems:
             raise ValidationError(problems, "wait_for_job_status()")
         deadline = time.monotonic() + timeout
+        sid = self._sid(name)
         while True:
-            job = self.get_job(name)
-            for cb in callbacks or ():
-                cb(job)
-            if job.status.value in wanted:
-                return job
-            if job.status == OptimizationStatus.COMPLETE:
-                raise JobStateError(f"optimization {name} ended Complete without reaching {', '.join(sorted(wanted))}")
-            if job.status.is_terminal:
-                raise JobFailedError(name, job.status.value, {"type": f"Optimization{job.status.value}", "message": job.message or ""})
+            attrs = self._storage.get_study_user_attrs(sid)
+            current = self._reconcile(name, sid, attrs)
+            if callbacks or current.value in wanted or current.is_terminal:
+                job = self.get_job(name)
+                for cb in callbacks or ():
+                    cb(job)
+                current = job.status
+                if current.value in wanted:
+                    return job
+                if current == OptimizationStatus.COMPLETE:
+                    raise JobStateError(f"optimization {name} ended Complete without reaching {', '.join(sorted(wanted))}")
+                if current.is_terminal:
+                    raise JobFailedError(name, current.value, {"type": f"Optimization{current.value}", "message": job.message or ""})
             if time.monotonic() >= deadline:
-                raise JobTimeoutError(name, sorted(wanted), job.status.value, timeout)
-            time.sleep(max(0.0, min(polling_interval, deadline - time.monotonic())))
+                raise JobTimeoutError(name, sorted(wanted), current.value, timeout)
+            process.wait(attrs, max(0.0, min(polling_interval, deadline - time.monotonic())))
 
     # ---- control ------------------------------------------------------------------------------------
     def stop_job(self, name: str) -> None:

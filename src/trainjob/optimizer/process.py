@@ -1,4 +1,4 @@
-"""The optimizer process seen from outside: start it detached, tell whether it still runs, end it.
+"""The optimizer process seen from outside: start it detached, tell whether it still runs, wait for it, end it.
 
 One optimizer process (``optimizer.loop``) drives each optimization, recorded in the study as
 ``loop``: pid, start time and host (a pid means nothing on another host, and alone it can be
@@ -64,3 +64,15 @@ def kill(attrs: dict[str, Any]) -> None:
     p = procs.process(loop.get("pid"), loop.get("start")) if loop.get("host") in (None, procs.this_host()) else None
     if p is not None:
         procs.kill_tree([p], grace=2.0, sig=signal.SIGKILL)
+
+
+def wait(attrs: dict[str, Any], timeout: float) -> None:
+    """Return when the optimizer process exits (it does right after recording the end), at the
+    latest after ``timeout`` seconds; a process on another host is not watched: a plain sleep."""
+    from trainjob.backends.local import procs
+
+    loop = attrs.get("loop") or {}
+    if loop.get("pid") and loop.get("host") in (None, procs.this_host()):
+        procs.wait_any_exit([(loop["pid"], loop.get("start"))], timeout)
+    else:
+        time.sleep(timeout)
