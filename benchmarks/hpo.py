@@ -59,7 +59,7 @@ def through_optimizer(trials: int, steps: int, seed: int, prune: bool, parallel:
         algorithm=RandomSearch(random_state=seed),
         early_stopping=Median() if prune else None,
     )
-    job = oc.wait_for_job_status(name, timeout=3600, polling_interval=0.2)
+    job = oc.wait_for_job_status(name, timeout=3600)  # wakes when the optimizer process exits
     wall = time.monotonic() - t0
     spent = sum((tc.get_job_progress(t.name) or {}).get("currentStep") or 0 for t in job.trials)
     stages = breakdown(tc, [t.trainjob for t in job.trials if t.trainjob is not None])
@@ -68,20 +68,23 @@ def through_optimizer(trials: int, steps: int, seed: int, prune: bool, parallel:
             "lrs": [t.parameters["learning_rate"] for t in job.trials], **stages}  # fmt: skip
 
 
-STAGES = ("submit to TrainBegin", "training", "TrainEnd to recorded", "recorded to next submit")
+STAGES = ("submit to Started", "Started to TrainBegin", "training", "TrainEnd to recorded", "recorded to next submit")
 
 
 def breakdown(tc, jobs: list) -> dict:
     """Where each trial's wall went, from the jobs' own records (medians over the trials, seconds):
-    job created -> ``TrainBegin`` (supervisor start, warm fork, model and data built), ``TrainBegin`` ->
-    ``TrainEnd``, ``TrainEnd`` -> the job recorded ended, and from that to the next trial's job created."""
+    job created -> ``Started`` (the supervisor's process started, its imports, the warm fork asked),
+    ``Started`` -> ``TrainBegin`` (the forked rank builds the model and data), ``TrainBegin`` ->
+    ``TrainEnd``, ``TrainEnd`` -> the job recorded ended (the rank's exit seen), and from that to the
+    next trial's job created (the optimizer records the outcome, asks Optuna, submits)."""
     jobs = sorted(jobs, key=lambda j: j.created_at)
     per: dict[str, list[float]] = {k: [] for k in STAGES}
     for i, j in enumerate(jobs):
         ev = {e.reason: e.time.timestamp() for e in tc.get_job_events(j.name)}
         created, finished = j.created_at.timestamp(), j.finished_at.timestamp() if j.finished_at else None
-        if "TrainBegin" in ev and "TrainEnd" in ev and finished:
-            per["submit to TrainBegin"].append(ev["TrainBegin"] - created)
+        if "Started" in ev and "TrainBegin" in ev and "TrainEnd" in ev and finished:
+            per["submit to Started"].append(ev["Started"] - created)
+            per["Started to TrainBegin"].append(ev["TrainBegin"] - ev["Started"])
             per["training"].append(ev["TrainEnd"] - ev["TrainBegin"])
             per["TrainEnd to recorded"].append(finished - ev["TrainEnd"])
         if finished and i + 1 < len(jobs):
@@ -137,7 +140,8 @@ def main() -> None:
             for name in names[r % len(names):] + names[: r % len(names)]:
                 res = cases[name]()
                 results[name].append(res)
-                print(f"round {r + 1} {name}: wall {res['wall']:.1f}s, steps {res['steps']}, best eval_loss {res['best']:.4f}, pruned {res['pruned']}", flush=True)
+                load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+                print(f"round {r + 1} {name}: wall {res['wall']:.1f}s, steps {res['steps']}, best eval_loss {res['best']:.4f}, pruned {res['pruned']} (load average after: {load})", flush=True)
         finally:
             warm_client.stop_servers(home, wait=15)
     same = all(results[n][i]["lrs"] == results[names[0]][i]["lrs"] for n in names for i in range(args.rounds))
@@ -160,6 +164,13 @@ def main() -> None:
     if "one process, optuna.study.optimize" in med:
         one = med["one process, optuna.study.optimize"]["wall"]
         print(f"overhead: OptimizerClient / one process = {base['wall'] / one:.2f}x ({(base['wall'] - one) / args.trials:.2f} s per trial)")
+    for i in range(args.rounds):
+        per = [f"round {i + 1}:"]
+        if "optimizer, median pruning" in results:
+            per.append(f"pruning {1 - results['optimizer, median pruning'][i]['steps'] / results['optimizer, no pruning'][i]['steps']:.1%} fewer steps")
+        if "one process, optuna.study.optimize" in results:
+            per.append(f"overhead {results['optimizer, no pruning'][i]['wall'] / results['one process, optuna.study.optimize'][i]['wall']:.2f}x")
+        print(" ".join(per))
     for case in ("optimizer, 2 parallel, no pruning", "optimizer, 2 parallel, 1 CPU each"):
         if case in med:
             print(f"{case} / sequential = {med[case]['wall'] / base['wall']:.2f}x wall")

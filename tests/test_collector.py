@@ -5,6 +5,7 @@ Real components: the sink, the collector and a SQLite store in a temporary folde
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -104,6 +105,32 @@ def test_wait_wakes_on_a_write_and_on_a_process_exit(setup, monkeypatch):
                 break
         # woken by its exit (its pidfd), not by the hour's timeout
         assert proc.poll() == 0 and time.monotonic() - t0 < 60
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_exit_right_after_a_collection_is_not_held_back_by_the_interval(setup):
+    """A rank writes its last lines and exits a moment later: the supervisor, just woken by the
+    write, must see the exit when it happens, not ``interval`` later (the job's outcome, and an
+    optimizer's next trial, wait for it)."""
+    _, col, _, _ = setup
+    col.wait()  # starts the watch; the next wait is rate-limited by the interval
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        proc_gone = time.monotonic()
+        while True:  # the process has ended (not yet reaped: poll() would set returncode)
+            try:
+                if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.005)
+            assert time.monotonic() - proc_gone < 30
+        t0 = time.monotonic()
+        col.wait([proc], interval=30.0)
+        assert time.monotonic() - t0 < 5.0  # not the 30-s interval
+        assert proc.poll() == 0
     finally:
         proc.kill()
         proc.wait()

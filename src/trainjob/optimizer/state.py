@@ -73,7 +73,8 @@ def storage_url(home: Path) -> str:
 
 
 def storage(home: Path) -> Any:
-    """The Optuna storage of ``home`` (one per process). WAL mode, so readers never block the writer."""
+    """The Optuna storage of ``home`` (one per process). WAL mode, so readers never block the writer;
+    commits without fsync (``pruning.fast_commits``)."""
     url = storage_url(home)
     if url not in _storages:
         import optuna
@@ -83,6 +84,7 @@ def storage(home: Path) -> Any:
         st = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT}})
         with st.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        pruning.fast_commits(st)
         _storages[url] = st
     return _storages[url]
 

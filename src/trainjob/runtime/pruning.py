@@ -29,6 +29,26 @@ from trainjob import contract
 BUSY_TIMEOUT = 60.0  # seconds SQLite waits for another writer (the optimizer, parallel trials) before failing
 
 
+def fast_commits(storage: Any) -> Any:
+    """``PRAGMA synchronous=NORMAL`` on every connection of an Optuna SQLite storage (WAL mode), as
+    trainjob's own store: a commit no longer waits for an fsync (~5 ms each here, and a trial's
+    end is ~15 commits), and the database stays consistent after any crash; only a power loss or
+    an OS crash can lose the last commits. Connections opened before are dropped from the pool."""
+    from sqlalchemy import event
+
+    if storage.engine.url.get_backend_name() != "sqlite":
+        return storage
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()
+    return storage
+
+
 @dataclass
 class TrialPruning:
     """One trial's link to its study, built from ``TRAINJOB_PRUNING``; the study is opened at the first value."""
@@ -88,8 +108,8 @@ class TrialPruning:
             with open(self.pruner_file, "rb") as f:
                 pruner = cloudpickle.load(f)
             # The optimizer created the tables and checked the schema: skip both (~0.35 s).
-            storage = optuna.storages.RDBStorage(
-                self.storage, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT}}, skip_compatibility_check=True, skip_table_creation=True
+            storage = fast_commits(
+                optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT}}, skip_compatibility_check=True, skip_table_creation=True)
             )
             study = optuna.load_study(study_name=self.study, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=pruner)
             self._trial = optuna.trial.Trial(study, self.trial_id)

@@ -70,18 +70,27 @@ class Collector:
 
         That is at least ``interval`` after the previous return (what changed meanwhile is
         collected in one pass), then as soon as the run folder changes or one of ``processes``
-        (those still without a ``returncode``) exits, and at most ``IDLE_INTERVAL`` after it.
+        (those still without a ``returncode``) exits, and at most ``IDLE_INTERVAL`` after it. A
+        process exit is never held back by ``interval``: the pause only spaces out collections of
+        what ranks write, and the job's end (the last ones, then its outcome) is what a waiting
+        client, or an optimizer about to start the next trial, is waiting for (a rank that exits
+        right after its last write used to be noticed up to ``interval`` late).
         """
-        now = time.monotonic()
-        if now < self._last_wake + interval:
-            time.sleep(self._last_wake + interval - now)
         if self._changes is None:
             self._changes = ChangeWatch.start([self.run_dir, self.run_dir / contract.ERRORS_DIR])
+        pids = [p.pid for p in processes if p.returncode is None]
+        now = time.monotonic()
+        if now < self._last_wake + interval:
+            if not pids:
+                time.sleep(self._last_wake + interval - now)
+            elif self._changes.wait_exit(pids, self._last_wake + interval - now):
+                self._last_wake = time.monotonic()
+                return
         if self._changes.fd is None:
             self._last_wake = time.monotonic()  # no inotify here: poll every interval
             return
         timeout = max(0.0, self._last_wake + max(interval, IDLE_INTERVAL) - time.monotonic())
-        self._changes.wait([p.pid for p in processes if p.returncode is None], timeout)
+        self._changes.wait(pids, timeout)
         self._last_wake = time.monotonic()
 
     def close(self) -> None:

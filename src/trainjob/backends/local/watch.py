@@ -51,18 +51,7 @@ class ChangeWatch:
     def wait(self, pids: Iterable[int], timeout: float) -> None:
         """Block until something changed, one of ``pids`` exited, or ``timeout`` seconds passed."""
         assert self.fd is not None
-        fds = [self.fd]
-        alive = set(pids)
-        for pid in list(self._pidfds):
-            if pid not in alive:
-                os.close(self._pidfds.pop(pid))
-        for pid in alive:
-            if pid not in self._pidfds:
-                try:
-                    self._pidfds[pid] = os.pidfd_open(pid)
-                except (OSError, AttributeError):
-                    continue  # already gone, or no pidfd here: the timeout bounds the wait
-            fds.append(self._pidfds[pid])
+        fds = [self.fd, *self._pidfds_of(pids)]
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except (OSError, ValueError):
@@ -70,6 +59,37 @@ class ChangeWatch:
             return
         if self.fd in ready:
             self._drain()
+
+    def wait_exit(self, pids: Iterable[int], timeout: float) -> bool:
+        """Block until one of ``pids`` exited (True) or ``timeout`` seconds passed (False); changes
+        to the folders do not wake it (they stay pending for the next ``wait``). Without pidfds it
+        sleeps ``timeout``."""
+        fds = self._pidfds_of(pids)
+        if not fds:
+            time.sleep(timeout)
+            return False
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except (OSError, ValueError):
+            time.sleep(min(timeout, POLL_FALLBACK))
+            return False
+        return bool(ready)
+
+    def _pidfds_of(self, pids: Iterable[int]) -> list[int]:
+        """A pidfd for each of ``pids`` (kept open between waits); those of other pids are closed."""
+        alive = set(pids)
+        for pid in list(self._pidfds):
+            if pid not in alive:
+                os.close(self._pidfds.pop(pid))
+        fds = []
+        for pid in alive:
+            if pid not in self._pidfds:
+                try:
+                    self._pidfds[pid] = os.pidfd_open(pid)
+                except (OSError, AttributeError):
+                    continue  # already gone, or no pidfd here: the timeout bounds the wait
+            fds.append(self._pidfds[pid])
+        return fds
 
     def _drain(self) -> None:
         assert self.fd is not None
