@@ -37,6 +37,9 @@ How the layer is made (with ``uv``, a dependency of trainjob):
 (interpreter, version, and the name-version of every installed distribution), so a change to the
 base makes a new layer rather than a stale one. A file lock per key makes concurrent jobs build
 it once; a job holds a shared lock on its environment while it runs, so pruning skips it.
+
+What to build (the requirements, indexes, base and key: ``EnvPlan``) is planned in ``envplan``;
+this module builds it.
 """
 
 from __future__ import annotations
