@@ -19,9 +19,10 @@ BACKENDS = ("backends", "backends.local", "backends.ray")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "cli": (*BACKENDS, "store", "runtime"),  # over the client, never over a backend
     "dashboard": (*BACKENDS, "store", "runtime", "cli"),
-    "client": ("cli", "dashboard"),
-    "optimizer": ("cli", "dashboard"),
-    "backends": ("client", "optimizer", "cli", "dashboard"),
+    # The store is the local backend's (its JobState, core.state): nothing above or beside it reads it.
+    "client": ("cli", "dashboard", "store"),
+    "optimizer": ("cli", "dashboard", "store"),
+    "backends": ("client", "optimizer", "cli", "dashboard", "store"),
     "backends.local": ("client", "optimizer", "cli", "dashboard", "backends.ray"),
     "backends.ray": ("client", "optimizer", "cli", "dashboard", "backends.local", "store"),
     "core": ("client", "optimizer", "cli", "dashboard", *BACKENDS, "runtime", "store"),  # decides; no I/O of its own
@@ -111,6 +112,8 @@ def test_imports_point_one_way():
     # The scan sees real imports (a broken parser would find nothing wrong, vacuously).
     assert ("trainjob.backends.local.supervisor", "trainjob.core.events") in edges
     assert ("trainjob.backends.ray.driver", "trainjob.core.resume") in edges
+    users = {part_of(a) for a, b in edges if part_of(b) == "store" and part_of(a) != "store"}
+    assert users == {"backends.local"}, f"only the local backend uses the store, not {users - {'backends.local'}}"
     assert not wrong, "imports against docs/architecture.md:\n" + "\n".join(wrong)
     assert not ALLOWED - used, f"allow-list entries no import needs any more (remove them): {sorted(ALLOWED - used)}"
 

@@ -17,7 +17,7 @@ import pytest
 
 import jobs
 from trainjob import CustomTrainer, JobFailedError
-from trainjob.backends.local import envcache, envs
+from trainjob.backends.local import envcache, envplan, envs
 
 pytestmark = pytest.mark.slow
 
@@ -83,39 +83,39 @@ def _entries(home: Path) -> list[str]:
 
 
 # ---- planning (pure) -------------------------------------------------------------------------
-def _base(dists=("torch-2.13.0+cpu.dist-info",)) -> envs.BaseEnv:
-    return envs.BaseEnv(python=sys.executable, version=sys.version, site_dirs=("/base/site-packages",), dists=tuple(dists))
+def _base(dists=("torch-2.13.0+cpu.dist-info",)) -> envplan.BaseEnv:
+    return envplan.BaseEnv(python=sys.executable, version=sys.version, site_dirs=("/base/site-packages",), dists=tuple(dists))
 
 
 def test_plan_splits_indexes_and_keys_on_what_matters(tmp_path):
-    pip = envs.PipSettings(index_url="https://pip.example/simple", extra_index_urls=("https://x.example/simple",), find_links=(str(tmp_path), "/does/not/exist"))
-    plan = envs.plan_for(["b==1", "a"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=_base())
+    pip = envplan.PipSettings(index_url="https://pip.example/simple", extra_index_urls=("https://x.example/simple",), find_links=(str(tmp_path), "/does/not/exist"))
+    plan = envplan.plan_for(["b==1", "a"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=_base())
     # Indexes reach uv through its environment (they may carry credentials); find-links through argv.
     assert plan.index_options() == (["--find-links", str(tmp_path)], {"UV_DEFAULT_INDEX": "file:///i1", "UV_INDEX": "file:///i2 file:///i3"})
     # No job indexes: pip's configured ones.
-    assert envs.plan_for(["a"], None, pip=pip, base=_base()).index_options()[1] == {"UV_DEFAULT_INDEX": "https://pip.example/simple", "UV_INDEX": "https://x.example/simple"}
-    same = envs.plan_for(["a", "b==1"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=_base())
+    assert envplan.plan_for(["a"], None, pip=pip, base=_base()).index_options()[1] == {"UV_DEFAULT_INDEX": "https://pip.example/simple", "UV_INDEX": "https://x.example/simple"}
+    same = envplan.plan_for(["a", "b==1"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=_base())
     assert same.key == plan.key  # requirement order does not matter
-    assert envs.plan_for(["a", "b==1"], ["file:///i1"], pip=pip, base=_base()).key != plan.key
-    assert envs.plan_for(["a", "b==2"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=_base()).key != plan.key
+    assert envplan.plan_for(["a", "b==1"], ["file:///i1"], pip=pip, base=_base()).key != plan.key
+    assert envplan.plan_for(["a", "b==2"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=_base()).key != plan.key
     upgraded = _base(("torch-2.14.0+cpu.dist-info",))
-    assert envs.plan_for(["a", "b==1"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=upgraded).key != plan.key
+    assert envplan.plan_for(["a", "b==1"], ["file:///i1", "file:///i2", "file:///i3"], pip=pip, base=upgraded).key != plan.key
 
 
 @pytest.mark.parametrize("bad", ["", "  ", "--index-url=https://evil.example", "a\n--extra-index-url x", 3])
 def test_plan_rejects_what_is_not_a_requirement(bad):
     with pytest.raises(envs.PackageInstallError, match=r"packages_to_install\[1\]"):
-        envs.plan_for(["ok", bad], None, pip=envs.PipSettings(), base=_base())
+        envplan.plan_for(["ok", bad], None, pip=envplan.PipSettings(), base=_base())
 
 
 def test_pip_settings_reads_config_files_and_env(tmp_path):
     conf = tmp_path / "pip.conf"
     conf.write_text("[global]\nindex-url = https://a.example/simple\nfind-links = /w1 /w2\n[install]\nextra-index-url = https://b.example/simple https://c.example/simple\n")
-    s = envs.pip_settings({"PIP_CONFIG_FILE": str(conf), "HOME": str(tmp_path)})
-    assert s == envs.PipSettings("https://a.example/simple", ("https://b.example/simple", "https://c.example/simple"), ("/w1", "/w2"))
-    s = envs.pip_settings({"PIP_CONFIG_FILE": str(conf), "HOME": str(tmp_path), "PIP_FIND_LINKS": "/w3"})
+    s = envplan.pip_settings({"PIP_CONFIG_FILE": str(conf), "HOME": str(tmp_path)})
+    assert s == envplan.PipSettings("https://a.example/simple", ("https://b.example/simple", "https://c.example/simple"), ("/w1", "/w2"))
+    s = envplan.pip_settings({"PIP_CONFIG_FILE": str(conf), "HOME": str(tmp_path), "PIP_FIND_LINKS": "/w3"})
     assert s.find_links == ("/w3",)
-    assert envs.pip_settings({"PIP_CONFIG_FILE": os.devnull, "HOME": str(tmp_path)}) == envs.PipSettings()
+    assert envplan.pip_settings({"PIP_CONFIG_FILE": os.devnull, "HOME": str(tmp_path)}) == envplan.PipSettings()
 
 
 # ---- real jobs -------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_two_concurrent_jobs_build_once(client, home, index):
 def _ensure_in_process(home: str, index_url: str, barrier, results) -> None:
     import io
 
-    plan = envs.plan_for(["tjpkg-a==1.0"], [index_url], pip=envs.PipSettings())
+    plan = envplan.plan_for(["tjpkg-a==1.0"], [index_url], pip=envplan.PipSettings())
     log = io.StringIO()
     barrier.wait()
     path, cached = envs.ensure_env(Path(home), plan, log)
@@ -258,9 +258,9 @@ def test_list_and_prune(client, home, index, tmp_path):
     assert info.size_bytes > 0 and not info.in_use and info.build_seconds > 0
     assert envcache.prune_envs(home, older_than=3600) == []  # used seconds ago
     # In use: a process holding the environment (as a running job's supervisor does) keeps it.
-    plan = envs.plan_for(["tjpkg-b"], [index["extra"]], pip=envs.PipSettings())
+    plan = envplan.plan_for(["tjpkg-b"], [index["extra"]], pip=envplan.PipSettings())
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys,io,time; from pathlib import Path; from trainjob.backends.local import envs; envs.ensure_env(Path({str(home)!r}), envs.plan_for(['tjpkg-b'], [{index['extra']!r}], pip=envs.PipSettings()), io.StringIO()); print('held', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", f"import sys,io,time; from pathlib import Path; from trainjob.backends.local import envplan, envs; envs.ensure_env(Path({str(home)!r}), envplan.plan_for(['tjpkg-b'], [{index['extra']!r}], pip=envplan.PipSettings()), io.StringIO()); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -653,6 +653,29 @@ def test_a_new_client_process_needs_no_ray_sdk(cluster):
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"value": 3, "log": True, "sdk": False}
 
 
+def test_ray_state_keeps_the_lifecycle_rules(cluster):
+    """Issue 12: ``RayState`` over the cluster's real GCS keeps ``core.state.JobState``'s rules
+    (the same lifecycle as ``test_state.py`` on SQLite); the outcome reads back as the keys the
+    Ray backend reads, and a non-terminal transition lands in the driver's record."""
+    from test_state import run_lifecycle
+
+    from trainjob.backends.ray.state import KV, Keys, RayState
+
+    kv, job_id = KV.connect(cluster.gcs), f"conformance-{os.getpid()}"
+    keys = Keys(job_id)
+    try:
+
+        def outcome_of(jid: str) -> dict:
+            got = kv.get_json(Keys(jid).outcome)
+            return {**got, "status": JobStatus.parse(got["status"])}
+
+        run_lifecycle(RayState(kv, source="test"), job_id, outcome_of)
+        assert kv.get_json(keys.driver)["status"] == "Running" and kv.get_json(keys.driver)["attempt"] == 1
+        assert kv.get_json(keys.first_error(0))["message"] == "boom" and kv.get_json(keys.progress) == {"currentStep": 2, "totalSteps": 3}
+    finally:
+        kv.delete_prefix(keys.prefix)
+
+
 def test_state_mirror_serves_a_jobs_state_through_the_dashboard(ray_client, cluster):
     """Issue 15 (partial): with TRAINJOB_STATE_MIRROR=1 the driver mirrors the job's keys into a
     file that the dashboard's log endpoint serves; read through it alone (no GCS), the progress

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from trainjob import LocalBackendConfig, TrainerClient
+from trainjob import series
 from trainjob.errors import JobNotFoundError, ValidationError
-from trainjob.store import JobRow, Store, history
+from trainjob.store import JobRow, Store
 from trainjob.store.schema import MIGRATIONS
 from trainjob.types import JobStatus, TrainJob
 
@@ -189,7 +190,7 @@ def test_downsample_in_memory_matches_the_store(stocked, home):
     entries = _entries(0, 5000)
     store.add_metrics("job-0004", 0, entries)
     stored = stocked.get_job_metrics_series("job-0004", points=500)
-    in_memory = history.downsample(stocked.get_job_metrics("job-0004"), points=500)
+    in_memory = series.downsample(stocked.get_job_metrics("job-0004"), points=500)
     assert stored == in_memory and stored["downsampled"]
     assert len(stored["series"]["loss"]) <= 500 and stored["series"]["loss"][0][1] == 1.0
 

@@ -28,7 +28,7 @@ from test_cli import cli
 from test_dashboard import Dashboard
 from trainjob import CustomTrainer, LocalBackendConfig, TrainerClient, TransformersTrainer, ValidationError
 from trainjob import masking
-from trainjob.backends.local import envs
+from trainjob.backends.local import envplan, envs
 
 MASK = masking.MASK
 NAME_SECRET = "plain-name-secret-7d1"  # secret because of its variable's name
@@ -194,10 +194,10 @@ def test_a_job_gets_its_secrets_and_nothing_shows_them(client, home, tmp_path, m
 
 # ---- package indexes --------------------------------------------------------------------------
 def test_uv_command_line_holds_no_credentials(tmp_path):
-    plan = envs.plan_for(
+    plan = envplan.plan_for(
         ["tjpkg-sec"],
         [f"https://bob:{INDEX_PASSWORD}@one.example/simple", f"https://{HF_SECRET}@two.example/simple"],
-        pip=envs.PipSettings(find_links=(f"https://carl:{DB_PASSWORD}@links.example/", str(tmp_path))),
+        pip=envplan.PipSettings(find_links=(f"https://carl:{DB_PASSWORD}@links.example/", str(tmp_path))),
     )
     argv, env = envs.install_command("uv", tmp_path / "python", tmp_path / "requirements.txt", plan)
     assert not _leaks(" ".join(argv)) and argv[-2:] == ["--find-links", str(tmp_path)]

@@ -29,7 +29,7 @@ from test_cli import cli
 from trainjob import CustomTrainer, JobStatus, TrainerClient, TransformersTrainer, contract
 from trainjob.errors import JobFailedError, JobStateError, StoreError
 from trainjob.store import JobRow, Store
-from trainjob.store.sqlite import RESERVE_BYTES
+from trainjob.store.database import RESERVE_BYTES
 
 # Longer than the 30 s SQLite busy timeout trainjob used before writes retried: without the
 # retries the supervisor's first write under the lock fails and the job with it.

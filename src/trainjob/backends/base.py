@@ -146,8 +146,8 @@ class Backend(ABC):
         return len(self.get_job_metrics(job_id))
 
     def job_metrics_series(self, job_id: str, start: int = 0, stop: int | None = None, points: int = 2000) -> dict[str, Any]:
-        """A chart's view of the history (``trainjob.store.history.series``); default: over ``get_job_metrics``."""
-        from trainjob.store.history import downsample
+        """A chart's view of the history (``trainjob.series``); default: ``downsample`` over ``get_job_metrics``."""
+        from trainjob.series import downsample
 
         return downsample(self.get_job_metrics(job_id), start, stop, points)
 

@@ -10,7 +10,7 @@ chunk by the primary index at once, and a poll with nothing new reads one short 
 A full chunk also carries a ``summary``: for every numeric series, the lowest and the highest
 point of each ``SUB`` consecutive entries, with the attempts seen. A view of a long history
 (``series``) is then drawn from summaries: at most about ``points`` points per series, keeping
-every extreme, however many entries are stored.
+every extreme, however many entries are stored (``trainjob.series`` draws the view).
 
 Functions here take an open connection and run inside the caller's transaction (``Store``).
 """
@@ -18,17 +18,14 @@ Functions here take an open connection and run inside the caller's transaction (
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
-from typing import Any, Iterable
+from typing import Any
 
+from trainjob.series import DEFAULT_POINTS, NOT_SERIES, SeriesView, is_number
 from trainjob.store import fastjson
 
 CHUNK = 256  # entries per chunk row
 SUB = 64  # entries per min/max pair in a chunk's summary
-DEFAULT_POINTS = 2000  # points per series in a downsampled view
-# Keys of an entry that are bookkeeping, not series (as trainjob.core.public_records.BOOKKEEPING_KEYS).
-NOT_SERIES = frozenset(("step", "epoch", "time", "attempt"))
 
 # ``summary`` comes before ``data`` on purpose: SQLite reads a row's columns in order, and a
 # summary read must not walk the overflow pages of the (tens of kB) data column.
@@ -41,10 +38,6 @@ CREATE TABLE metric_chunks (
     data    TEXT NOT NULL       -- JSON array of the entries, each with its "attempt"
 )"""
 CREATE_INDEX = "CREATE UNIQUE INDEX metric_chunks_job ON metric_chunks(job_id, seq)"
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -91,10 +84,10 @@ def summarize(entries: list[dict[str, Any]], seq: int) -> dict[str, Any]:
             step, att = e.get("step"), e.get("attempt", 0)
             if not attempts or attempts[-1][2] != att:
                 attempts.append([seq + i, step, att])
-            if not _is_number(step):
+            if not is_number(step):
                 continue
             for k, v in e.items():
-                if k in NOT_SERIES or not _is_number(v):
+                if k in NOT_SERIES or not is_number(v):
                     continue
                 lo = lows.get(k)
                 if lo is None:
@@ -157,7 +150,7 @@ def series(conn: sqlite3.Connection, job_id: str, start: int = 0, stop: int | No
     start = min(max(0, start), total)
     stop = total if stop is None else min(max(start, stop), total)
     n = stop - start
-    view = _View(start, max(1, points // 2), n, exact=n <= points)
+    view = SeriesView(start, max(1, points // 2), n, exact=n <= points)
     if n > view.buckets * SUB:
         view.width = -(-view.width // SUB) * SUB  # whole summary slices per bucket
         view.base = start - start % SUB
@@ -175,80 +168,3 @@ def series(conn: sqlite3.Connection, job_id: str, start: int = 0, stop: int | No
     else:
         view.add_entries(read(conn, job_id, start, stop), start)
     return {**view.result(), "start": start, "stop": stop, "count": total}
-
-
-def downsample(entries: list[dict[str, Any]], start: int = 0, stop: int | None = None, points: int = DEFAULT_POINTS) -> dict[str, Any]:
-    """``series`` over a list of entries in memory (backends without a chunked store)."""
-    stop = len(entries) if stop is None else min(max(start, stop), len(entries))
-    start = min(max(0, start), stop)
-    view = _View(start, max(1, points // 2), stop - start, exact=stop - start <= points)
-    view.add_entries(entries[start:stop], start)
-    return {**view.result(), "start": start, "stop": stop, "count": len(entries)}
-
-
-class _View:
-    """Min/max buckets of positions (``exact``: every point kept)."""
-
-    def __init__(self, start: int, buckets: int, n: int, exact: bool) -> None:
-        self.base, self.buckets, self.exact = start, buckets, exact
-        self.width = max(1, -(-n // buckets))
-        self.acc: dict[str, dict[int, list[list[Any]]]] = {}
-        self.all: dict[str, list[list[Any]]] = {}
-        self.attempts: list[list[Any]] = []
-
-    def _point(self, key: str, pt: list[Any]) -> None:
-        if self.exact:
-            self.all.setdefault(key, []).append(pt)
-            return
-        buckets = self.acc.setdefault(key, {})
-        b = (pt[0] - self.base) // self.width
-        slot = buckets.get(b)
-        if slot is None:
-            buckets[b] = [pt, pt]
-        elif pt[2] < slot[0][2]:
-            slot[0] = pt
-        elif pt[2] > slot[1][2]:
-            slot[1] = pt
-
-    def _attempt(self, mark: list[Any]) -> None:
-        if not self.attempts or self.attempts[-1][2] != mark[2]:
-            self.attempts.append(mark)  # summaries and a range's raw edges come in any order: sorted in result()
-
-    def add_entries(self, entries: Iterable[dict[str, Any]], seq: int) -> None:
-        for i, e in enumerate(entries, seq):
-            step, att = e.get("step"), e.get("attempt", 0)
-            self._attempt([i, step, att])
-            if not _is_number(step):
-                continue
-            for k, v in e.items():
-                if k not in NOT_SERIES and _is_number(v):
-                    self._point(k, [i, step, v, att])
-
-    def add_summary(self, summary: dict[str, Any]) -> None:
-        for mark in summary.get("a", ()):
-            self._attempt(mark)
-        for k, pts in summary.get("s", {}).items():
-            for pt in pts:
-                self._point(k, pt)
-
-    def result(self) -> dict[str, Any]:
-        out: dict[str, list[list[Any]]] = {}
-        if self.exact:
-            source = self.all.items()
-        else:
-            source = ((k, [pt for b in sorted(bk) for pt in _pair(bk[b])]) for k, bk in self.acc.items())
-        for k, pts in source:
-            out[k] = [[p[1], p[2], p[3], p[0]] for p in pts]
-        marks: list[list[Any]] = []
-        for m in sorted(self.attempts, key=lambda m: m[0]):
-            if not marks or marks[-1][2] != m[2]:
-                marks.append(m)
-        restarts = [{"seq": m[0], "step": m[1], "attempt": m[2]} for m in marks[1:]]
-        return {"series": out, "restarts": restarts, "downsampled": not self.exact}
-
-
-def _pair(slot: list[list[Any]]) -> list[list[Any]]:
-    lo, hi = slot
-    if lo is hi:
-        return [lo]
-    return [lo, hi] if lo[0] <= hi[0] else [hi, lo]

@@ -2,7 +2,8 @@
 
 No server: ``train()`` writes the job folder and row, starts a detached supervisor and returns.
 Any process reads the same store; a reader that finds a job whose supervisor died records it as
-Failed with the reason (``reconcile``), so a status is never stuck.
+Failed with the reason (``reconcile``), so a status is never stuck. Jobs are read back as
+``stored.StoredJob`` (decoded only as far as they are read).
 """
 
 from __future__ import annotations
@@ -10,19 +11,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import os
 import signal
 import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from trainjob import contract
 from trainjob.backends.base import Backend, JobExtras, JobQuery
 from trainjob.backends.local import logs, procs
 from trainjob.backends.local.jobdir import JobDir
+from trainjob.backends.local.reconcile import elsewhere, end_orphans, reconcile
+from trainjob.backends.local.stored import StoredJob
 from trainjob.backends.records import build_result, utc
 from trainjob.config import LocalBackendConfig, bind_host_problem, warm_config_problems
 from trainjob.core.names import name_in_use, new_job_id
@@ -34,10 +36,7 @@ from trainjob.payload import dumps_payload
 from trainjob.resources import format_bytes, local_capacity
 from trainjob.store import JobRow, Store
 from trainjob.trainers import CustomTrainer
-from trainjob.types import Event, JobStatus, LogChunk, Result, Step, TrainJob
-
-SUPERVISOR_START_GRACE = 60.0  # seconds a new job may wait for its supervisor to record itself
-
+from trainjob.types import Event, JobStatus, LogChunk, Result, TrainJob
 
 class LocalBackend(Backend):
     name = "local"
@@ -136,48 +135,10 @@ class LocalBackend(Backend):
         return self.reconcile(row)
 
     def reconcile(self, row: JobRow) -> JobRow:
-        """A non-terminal job whose supervisor is gone is recorded Failed, its leftover processes ended.
-
-        Called by every reader, in any process. The supervisor is identified by pid *and* start
-        time, so a reused pid does not keep a dead job "Running". A job whose supervisor has not
-        recorded itself yet (``train()`` inserts the row a moment before it spawns the
-        supervisor) gets ``SUPERVISOR_START_GRACE`` seconds before it counts as lost. Idempotent:
-        ``transition`` lets only one reader record the failure.
-
-        A job whose supervisor runs on another host (TRAINJOB_HOME on a shared disk) is left
-        alone: a pid cannot be checked from here, so only a reader on that host can judge it.
-        """
-        if row.status.is_terminal or row.backend != self.name or _elsewhere(row):
+        """A non-terminal job whose supervisor is gone is recorded Failed (see ``reconcile.reconcile``)."""
+        if row.backend != self.name:
             return row
-        if row.supervisor_pid is None and time.time() - row.created_at < SUPERVISOR_START_GRACE:
-            return row
-        if procs.is_alive(row.supervisor_pid, row.supervisor_start):
-            return row
-        fresh = self.store.get_job(row.id)  # it may have finished between our two reads
-        if fresh is None or fresh.status.is_terminal or _elsewhere(fresh):
-            return fresh or row
-        if fresh.supervisor_pid != row.supervisor_pid and procs.is_alive(fresh.supervisor_pid, fresh.supervisor_start):
-            return fresh
-        jobdir = JobDir.for_job(self.home, row.id)
-        ended = self._end_orphans(jobdir)
-        if row.supervisor_pid is None:
-            msg = f"the job's supervisor never started (submitted {time.time() - row.created_at:.0f}s ago)"
-        else:
-            msg = f"the job's supervisor (pid {row.supervisor_pid}) died without recording an outcome"
-        msg += f"; {ended} leftover process{'es' if ended != 1 else ''} ended" if ended else "; no process of the job was left"
-        tail = _tail(jobdir.supervisor_log, 20)
-        error = {"type": "SupervisorLost", "message": msg, "rank": None, "traceback": tail}
-        if self.store.transition(row.id, JobStatus.FAILED, message=msg, error=error):
-            self.store.add_event(row.id, "Failed", msg, {"error": error})
-        return self.store.get_job(row.id) or row
-
-    def _end_orphans(self, jobdir: JobDir) -> int:
-        """End the launchers and ranks recorded in ``run/pids/`` (identity checked); how many were alive."""
-        alive = {p.pid: p for p in procs.recorded_processes(jobdir.run_dir / contract.PIDS_DIR)}
-        if alive:
-            # SIGKILL: with no supervisor there is nobody to collect a graceful stop.
-            procs.kill_tree(list(alive.values()), grace=2.0, sig=signal.SIGKILL)
-        return len(alive)
+        return reconcile(self.store, self.home, row)
 
     def get_job(self, job_id: str) -> TrainJob:
         return self._to_job(self._row(job_id))
@@ -288,19 +249,19 @@ class LocalBackend(Backend):
         if row is None:
             raise JobNotFoundError(job_id)
         jobdir = JobDir.for_job(self.home, job_id)
-        if not row.status.is_terminal and _elsewhere(row):
+        if not row.status.is_terminal and elsewhere(row):
             raise JobStateError(
                 f"cannot delete job {job_id}: it is {row.status.value} and its supervisor runs on host {row.supervisor_host!r}, "
                 f"not on this one ({procs.this_host()!r}); stop it (stop_job works from any host) or delete it there"
             )
-        if not _elsewhere(row):
+        if not elsewhere(row):
             # Whatever the recorded status: an ended job's supervisor may still be finishing, and a
             # process recorded for it may have outlived it; its files are about to go.
             sup = procs.process(row.supervisor_pid, row.supervisor_start)
             if sup is not None:
                 # SIGKILL, not SIGTERM: SIGTERM means "stop gracefully" to a supervisor.
                 procs.kill_tree([sup], grace=2.0, sig=signal.SIGKILL)
-            self._end_orphans(jobdir)
+            end_orphans(jobdir)
         jobdir.remove()
         self.store.delete_job(job_id)
         from trainjob.backends.local import scheduler
@@ -325,91 +286,6 @@ class LocalBackend(Backend):
         return self._local_runtime
 
 
-_STATUS_OF = {s.value: s for s in JobStatus}
-
-
-class _FromRow:
-    """A field of a ``StoredJob`` computed from its row when first read, then kept.
-
-    Also the field's setter, so the dataclass ``__init__`` (``dataclasses.replace``, unpickling
-    an old pickle) can set it like any field.
-    """
-
-    def __init__(self, compute: Callable[[StoredJob], Any]) -> None:
-        self.compute = compute
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.key = "_" + name
-
-    def __get__(self, job: StoredJob | None, owner: type | None = None) -> Any:
-        if job is None:
-            return self
-        d = job.__dict__
-        if self.key not in d:
-            d[self.key] = self.compute(job)
-        return d[self.key]
-
-    def __set__(self, job: StoredJob, value: Any) -> None:
-        job.__dict__[self.key] = value
-
-
-def _job_spec(job: StoredJob) -> JobSpec:
-    """The stored spec (masked), decoded once: this release's JSON or an earlier release's dict."""
-    row: JobRow = job.__dict__["_row"]
-    return JobSpec.from_dict(row.spec if row.spec is not None else json.loads(row.spec_text or "{}"))
-
-
-def _steps(job: StoredJob) -> list[Step]:
-    row: JobRow = job.__dict__["_row"]
-    spec = job.job_spec
-    initializers = spec.initializers
-    device = spec.device
-    steps = [
-        Step(
-            name=s["name"],
-            status=_STATUS_OF.get(s.get("status")) or row.status,
-            device=s.get("device", device),
-            device_count=int(s.get("device_count", row.procs_per_node)),
-            pids=(s["pid"],) if s.get("pid") else (),
-            pod_name=f"{row.id}-{s['name']}",
-        )
-        for s in row.steps or []
-    ] or [Step(f"node-{i}", row.status, device, row.procs_per_node, pod_name=f"{row.id}-node-{i}") for i in range(row.num_nodes)]
-    if initializers:
-        init = (row.extra or {}).get("initializers") or {}
-        steps = [Step(s["step"], JobStatus.parse(init.get(s["step"], "Created")), "cpu", 1, pod_name=f"{row.id}-{s['step']}") for s in initializers] + steps
-    return steps
-
-
-def _spec(job: StoredJob) -> dict[str, Any]:
-    return job.job_spec.shown_dict()
-
-
-def _time(column: str) -> Callable[[StoredJob], Any]:
-    def compute(job: StoredJob) -> Any:
-        ts = getattr(job.__dict__["_row"], column)
-        return utc(ts) if ts else None
-
-    return compute
-
-
-class StoredJob(TrainJob):
-    """A ``TrainJob`` read from the local store, holding its row: what a listing does not read is
-    not decoded. Its times, steps, spec (parsed and masked), labels, annotations and folder are
-    computed on first read, so 10,000 listed jobs parse no spec and build no step. Otherwise a
-    ``TrainJob`` (fields, equality between stored jobs, ``dataclasses.replace``, pickling)."""
-
-    created_at = _FromRow(_time("created_at"))  # type: ignore[assignment]
-    started_at = _FromRow(_time("started_at"))  # type: ignore[assignment]
-    finished_at = _FromRow(_time("finished_at"))  # type: ignore[assignment]
-    steps = _FromRow(_steps)  # type: ignore[assignment]
-    spec = _FromRow(_spec)  # type: ignore[assignment]
-    job_spec = _FromRow(_job_spec)  # the typed, masked JobSpec (not a TrainJob field)
-    labels = _FromRow(lambda job: dict(job.__dict__["_row"].labels or {}))  # type: ignore[assignment]
-    annotations = _FromRow(lambda job: dict(job.__dict__["_row"].annotations or {}))  # type: ignore[assignment]
-    job_dir = _FromRow(lambda job: JobDir.for_job(job.__dict__["_home"], job.id).root)  # type: ignore[assignment]
-
-
 @contextlib.contextmanager
 def _no_gc_pauses() -> Iterator[None]:
     """Build a listing without the cyclic garbage collector's passes: 10,000 jobs are ~100,000 new
@@ -421,11 +297,6 @@ def _no_gc_pauses() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-def _elsewhere(row: JobRow) -> bool:
-    """True if the job's supervisor was recorded on another host (rows from before hosts were recorded count as local)."""
-    return row.supervisor_host is not None and row.supervisor_host != procs.this_host()
 
 
 def check_capacity(trainer: CustomTrainer) -> None:
@@ -451,13 +322,3 @@ def _read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

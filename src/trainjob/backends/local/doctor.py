@@ -21,7 +21,7 @@ from trainjob import contract, filesystems
 from trainjob.backends.local import procs
 from trainjob.resources import format_bytes
 from trainjob.store.schema import SCHEMA_VERSION
-from trainjob.store.sqlite import RESERVE_BYTES, RESERVE_SUFFIX, network_warning
+from trainjob.store.database import RESERVE_BYTES, RESERVE_SUFFIX, network_warning
 from trainjob.types import JobStatus
 
 LOW_DISK_BYTES = 2**30  # below this much free space under the home, jobs that save checkpoints may not fit

@@ -54,7 +54,7 @@ from trainjob.backends.local.watch import ChangeWatch
 from trainjob.core.spec import JobSpec
 from trainjob.errors import BackendError
 from trainjob import contract
-from trainjob.store.sqlite import Database
+from trainjob.store.database import Database
 from trainjob.types import JobStatus
 
 POLL_INTERVAL = 0.25  # seconds between two looks at the queue while waiting, where inotify is not available
@@ -86,7 +86,7 @@ class LeaseBook:
     """The ``leases`` table, over a connection of its own (transactions must not mix with the Store's).
 
     The connection is the store's ``Database``: a transaction that meets another program's write
-    lock waits and retries (see ``trainjob.store.sqlite``) instead of failing the job. Only this
+    lock waits and retries (see ``trainjob.store.database``) instead of failing the job. Only this
     host's leases are looked at: with TRAINJOB_HOME on a shared disk, each host schedules its own
     CPUs and GPUs, and cannot check another host's lease holders.
     """

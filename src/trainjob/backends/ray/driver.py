@@ -22,9 +22,10 @@ from trainjob import contract
 from trainjob.backends.ray import plan
 from trainjob.backends.ray.integrity import verified_payload
 from trainjob.backends.ray.mirror import StateMirror
-from trainjob.backends.ray.outcome import checkpoints_of, compute_result, record_outcome
-from trainjob.backends.ray.state import KV, EventWriter, Keys, last_event, read_events
+from trainjob.backends.ray.outcome import checkpoints_of, compute_result
+from trainjob.backends.ray.state import KV, EventWriter, Keys, RayState, last_event, read_events
 from trainjob.backends.ray.worker import job_secret_values, root_cause
+from trainjob.core import state as job_state
 from trainjob.core.outcome import deadline_passed, failure_message, stop_reason, stopped_outcome
 from trainjob.core.records import error_record
 from trainjob.core.resume import carry_workdir
@@ -47,6 +48,7 @@ class Driver:
         self.spec = JobSpec.from_dict(record["spec"])  # masked: the ranks put the secrets back (worker.train_loop)
         self.tracking = self.spec.tracking.enabled
         self.event = EventWriter(kv, self.keys, "drv")
+        self.state = RayState(kv, events=self.event)  # the job's lifecycle (core.state.JobState), events through self.event
         home = Path(record.get("home") or contract.home()).expanduser()
         self.job_dir = (home / "jobs" / job_id).resolve()
         self._finished = threading.Lock()
@@ -66,11 +68,12 @@ class Driver:
         import ray
 
         scale = plan.scaling(self.spec)
-        self.kv.put_json(
-            self.keys.driver,
-            {"job_dir": str(self.job_dir), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "started_at": time.time(), "scaling": scale},
+        queued = self.state.transition(
+            self.job_id, JobStatus.QUEUED, job_dir=str(self.job_dir), node_ip=ray.util.get_node_ip_address(), pid=os.getpid(), started_at=time.time(), scaling=scale
         )
-        self.event("Queued", f"driver started; waiting for Ray to place {plan.describe_scaling(scale)}", {"scaling": scale})
+        if not queued:  # a client recorded the job's end meanwhile (a stop before it started)
+            return self.finish(*self._stopped(" before it started"))
+        self.state.add_event(self.job_id, "Queued", f"driver started; waiting for Ray to place {plan.describe_scaling(scale)}", {"scaling": scale})
         monitor = threading.Thread(target=self._watch_stop, name="trainjob-stop-monitor", daemon=True)
         monitor.start()
         if self.spec.initializers:
@@ -221,7 +224,7 @@ class Driver:
                 result = self._result()
             except Exception as e:  # noqa: BLE001 - the outcome must be recorded even without a result
                 result = {"metrics": {}, "error": f"{type(e).__name__}: {e}"}
-            record_outcome(self.kv, self.keys, self.event, status, message, error, result)
+            job_state.finish(self.state, self.job_id, status, message, error, result)
         if message and status != JobStatus.COMPLETE:
             print(f"[trainjob] job {self.job_id} {status.value}: {message}", file=sys.stderr, flush=True)
         return 1 if status == JobStatus.FAILED else 0

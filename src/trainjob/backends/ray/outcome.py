@@ -6,13 +6,12 @@ without recording an outcome), so it lives apart from both; the decisions are ``
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from trainjob.backends.ray.state import KV, EventWriter, Keys, last_event, read_events, read_metrics
-from trainjob.core import events
+from trainjob.backends.ray.state import KV, EventWriter, Keys, RayState, last_event, read_events, read_metrics
 from trainjob.core.outcome import result_record
+from trainjob.core.state import finish
 from trainjob.core.spec import JobSpec
 from trainjob.types import JobStatus
 
@@ -49,10 +48,7 @@ def compute_result(kv: KV, keys: Keys, spec: JobSpec, default_output_dir: str | 
 
 
 def record_outcome(kv: KV, keys: Keys, event: EventWriter, status: JobStatus, message: str | None, error: dict | None, result: dict) -> bool:
-    """Write the job's outcome unless one exists (a terminal status is final); the matching event if written."""
-    outcome = {"status": status.value, "message": message, "error": error, "result": result, "finished_at": time.time()}
-    if not kv.claim_json(keys.outcome, outcome):
-        return False
-    ended = events.ended(status, message, error)
-    event(ended.reason, ended.message, ended.data)
-    return True
+    """Write the job's outcome unless one exists (a terminal status is final); the matching event if written.
+
+    ``core.state.finish`` over the job's ``RayState``, its event written by ``event``."""
+    return finish(RayState(kv, events=event), keys.job_id, status, message, error, result)

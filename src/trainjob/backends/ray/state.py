@@ -42,7 +42,9 @@ import json
 import secrets
 import socket
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
+
+from trainjob.types import JobStatus
 
 NAMESPACE = b"trainjob"
 CONNECT_TIMEOUT = 5.0
@@ -319,3 +321,69 @@ class EventWriter:
     def write(self, event: dict[str, Any]) -> None:
         self._seq += 1
         self.kv.put(self.keys.event(self.source, self._seq, event.get("time")), dumps(event))
+
+
+class RayState:
+    """The Ray backend's ``core.state.JobState``: a job's lifecycle in the GCS keys above.
+
+    ``transition`` to a terminal status and ``record_outcome`` claim ``<id>/outcome`` (the first
+    writer wins); before the outcome, Ray itself and the keys the ranks write say how far a job
+    is (``RayBackend`` derives Queued and Running from them), so a non-terminal ``transition``
+    records its fields in ``<id>/driver``, the driver's own record (where it runs, the scaling it
+    waits for), with the status and the time. ``record_error`` claims
+    ``errors/<attempt>/first``. ``events``: one key each, written through ``events`` when given
+    (a process keeps one writer, so its keys stay in order), else through a writer of its own
+    named ``source``.
+    """
+
+    def __init__(self, kv: KV, source: str = "st", events: EventWriter | None = None) -> None:
+        self.kv = kv
+        self.source = source
+        self._tag = f"{source}{writer_tag()}"  # keeps this writer's metrics keys apart from other writers'
+        self._writers: dict[str, EventWriter] = {events.keys.job_id: events} if events is not None else {}
+        self._seq = 0
+
+    def _writer(self, job_id: str) -> EventWriter:
+        if job_id not in self._writers:
+            self._writers[job_id] = EventWriter(self.kv, Keys(job_id), self.source)
+        return self._writers[job_id]
+
+    def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
+        status = JobStatus.parse(status)
+        keys = Keys(job_id)
+        if status.is_terminal:
+            return self.record_outcome(job_id, status, fields.get("message"), fields.get("error"), fields.get("result") or {})
+        if self.kv.get(keys.outcome) is not None:
+            return False
+        record = {**(self.kv.get_json(keys.driver) or {}), **fields, "status": status.value, "status_at": time.time()}
+        self.kv.put_json(keys.driver, record)
+        return True
+
+    def add_event(self, job_id: str, reason: str, message: str, data: dict[str, Any] | None = None, at: float | None = None) -> None:
+        data = data or {}
+        attempt = data.get("attempt") if isinstance(data.get("attempt"), int) else None
+        self._writer(job_id).write({"time": time.time() if at is None else at, "reason": reason, "message": message, "data": data, "attempt": attempt})
+
+    def set_progress(self, job_id: str, progress: dict[str, Any], at: float | None = None) -> None:
+        self.kv.put_json(Keys(job_id).progress, progress)
+
+    def append_metrics(self, job_id: str, attempt: int, entries: list[dict[str, Any]]) -> None:
+        if not entries:
+            return
+        self._seq += 1
+        rows = [e if "attempt" in e else {**e, "attempt": attempt} for e in entries]
+        self.kv.put_json(Keys(job_id).metrics(attempt) + f"{time.time_ns():020d}-{self._tag}-{self._seq:06d}", rows)
+
+    def record_error(self, job_id: str, attempt: int, error: Mapping[str, Any]) -> bool:
+        return self.kv.claim_json(Keys(job_id).first_error(attempt), dict(error))
+
+    def record_outcome(self, job_id: str, status: JobStatus, message: str | None, error: Mapping[str, Any] | None, result: Mapping[str, Any]) -> bool:
+        status = JobStatus.parse(status)
+        outcome = {"status": status.value, "message": message, "error": dict(error) if error else None, "result": dict(result), "finished_at": time.time()}
+        return self.kv.claim_json(Keys(job_id).outcome, outcome)
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        return read_events(self.kv, Keys(job_id))
+
+    def metrics(self, job_id: str) -> list[dict[str, Any]]:
+        return read_metrics(self.kv, Keys(job_id))

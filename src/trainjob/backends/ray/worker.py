@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainjob import contract
-from trainjob.backends.ray.state import KV, Keys, writer_tag
+from trainjob.backends.ray.state import KV, Keys, RayState, writer_tag
 from trainjob.core import events
 from trainjob.core.outcome import describe_error
 from trainjob.core.rank_env import free_port, rank_env
@@ -244,7 +244,7 @@ def job_secret_values(kv: KV, keys: Keys) -> list[str]:
 
 def claim_first_error(kv: KV, keys: Keys, attempt: int, record: dict[str, Any], write_event) -> bool:
     """Record ``record`` as the first failure of ``attempt`` unless one is already; emit ``AttemptFailed`` if so."""
-    if not kv.claim_json(keys.first_error(attempt), record):
+    if not RayState(kv).record_error(keys.job_id, attempt, record):
         return False
     write_event(events.attempt_failed(record, attempt).as_record(attempt))
     return True

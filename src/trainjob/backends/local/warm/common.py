@@ -103,7 +103,7 @@ def environment_id(python: str, env: Mapping[str, str]) -> str:
 
 def warm_key(python: str, env: Mapping[str, str]) -> str:
     """The key of the warm process that may fork ranks of ``python`` with environment ``env``."""
-    from trainjob.backends.local.envs import BaseEnv
+    from trainjob.backends.local.envplan import BaseEnv
 
     data = {
         "environment": environment_id(python, env),
