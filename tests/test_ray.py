@@ -508,7 +508,7 @@ def test_polling_spares_the_dashboard_and_ray_ends_with_the_job(ray_client, monk
     """A client polling every 50 ms asks Ray's dashboard about the job at most once per ``INFO_TTL``
     while it runs and never once it has ended; Ray records the job ended as soon as trainjob does
     (the driver skips the interpreter's teardown), so a delete right after does not wait."""
-    from trainjob.backends.ray.backend import INFO_TTL
+    from trainjob.backends.ray.reads import INFO_TTL
 
     api = ray_client.backend.conn.api
     asked: list[float] = []
@@ -602,7 +602,7 @@ def test_jobs_ray_could_never_place_are_refused(ray_client):
 
 
 def test_a_payload_too_large_for_the_gcs_is_refused(ray_client):
-    from trainjob.backends.ray.backend import MAX_PAYLOAD
+    from trainjob.backends.ray.submit import MAX_PAYLOAD
 
     kv = ray_client.backend.conn.kv
     before = {k.split("/")[0] for k in kv.keys("")}
