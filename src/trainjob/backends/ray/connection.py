@@ -2,8 +2,14 @@
 
 ``"auto"`` (``RAY_ADDRESS`` or the Ray started on this machine) or ``"host:port"`` (the GCS; the
 client connects to it directly, without ``ray.init``), ``"ray://host:10001"`` (Ray Client), or
-``"http://host:8265"`` (the dashboard; the GCS is then ``gcs_address``, never guessed).
-A ``Connection`` holds the job-state store (``state.KV``) and the dashboard (``JobsAPI``).
+``"http://host:8265"`` (the dashboard) with ``gcs_address`` (never guessed), or
+``"http://host:8265"`` alone: **Jobs-API-only mode**, for clusters that expose only the dashboard
+port. In that mode the client opens no GCS connection at all: it submits with a package upload
+(``bundle``), reads each job's state mirror through the dashboard's log endpoint (``mirror``),
+and stops or deletes through a small relay Ray job (``relay``).
+
+A ``Connection`` holds the job-state store (``state.KV``; read-only in Jobs-API-only mode) and the
+dashboard (``JobsAPI``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainjob.backends.ray import auth, plan
-from trainjob.backends.ray.jobs_api import JobsAPI
+from trainjob.backends.ray.jobs_api import JobsAPI, JobsAPIError
 from trainjob.backends.ray.state import KV
 from trainjob.config import RayBackendConfig
 from trainjob.errors import BackendError, Problem, ValidationError
@@ -30,6 +36,7 @@ class Connection:
     kv: KV
     dashboard: str  # http(s)://host:port
     token: str | None = None  # Ray's auth token (auth.py); None: Ray's own lookup, or no auth
+    jobs_api_only: bool = False  # no GCS connection: kv reads mirrors (mirror.DashboardGcs), writes go through relay jobs
     _api: JobsAPI | None = None
     _jobs: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -73,10 +80,14 @@ def connect(config: RayBackendConfig) -> Connection:
     if address == "auto" and env.startswith(("http://", "https://", "ray://")):
         address = env  # "auto" follows $RAY_ADDRESS in every form Ray accepts there
     try:
+        if address.startswith(("http://", "https://")) and not config.gcs_address:
+            from trainjob.backends.ray.mirror import DashboardGcs
+
+            api = JobsAPI(address.rstrip("/"), token)
+            api.get("/api/version")  # reach it now: a wrong address fails here, as a GCS connection would
+            return Connection(KV(DashboardGcs(api)), api.dashboard, token, jobs_api_only=True, _api=api)
         auth.use_token(token)
         if address.startswith(("http://", "https://")):
-            if not config.gcs_address:
-                raise ValidationError([_needs_gcs_address(address)], "RayBackendConfig")
             return Connection(KV.connect(config.gcs_address), address.rstrip("/"), token)
         if address.startswith("ray://"):
             import ray
@@ -96,6 +107,8 @@ def connect(config: RayBackendConfig) -> Connection:
         return Connection(kv, _dashboard_of(kv, gcs.rpartition(":")[0]), token)
     except (BackendError, ValidationError):
         raise
+    except JobsAPIError as e:
+        raise BackendError(f"the Ray dashboard at {address} refused this client: {e}") from e
     except Exception as e:  # noqa: BLE001 - any failure to reach the cluster is reported the same way
         if auth.is_auth_failure(e):
             raise BackendError(auth.refused_message(address, bool(token) or os.environ.get(auth.MODE_ENV) == "token")) from e
@@ -115,8 +128,6 @@ def check_config(config: RayBackendConfig) -> list[Problem]:
         p.append(Problem("address", a, "a ray://, http:// or https:// address, 'host:port' (the GCS) or 'auto'"))
     elif "://" not in a and a != "auto" and not _is_host_port(a):
         p.append(Problem("address", a, "'auto' or 'host:port' of the cluster's GCS (e.g. '10.0.0.1:6379')"))
-    if isinstance(a, str) and a.startswith(("http://", "https://")) and config.gcs_address is None:
-        p.append(_needs_gcs_address(a))
     if config.gcs_address is not None and not _is_host_port(config.gcs_address):
         p.append(Problem("gcs_address", config.gcs_address, "'host:port' of the cluster's GCS (e.g. '10.0.0.1:6379')"))
     if config.auth_token is not None and (not isinstance(config.auth_token, str) or not config.auth_token.strip()):
@@ -128,16 +139,6 @@ def check_config(config: RayBackendConfig) -> list[Problem]:
     if not isinstance(config.python, str) or not config.python.strip():
         p.append(Problem("python", config.python, "the Python command on the cluster's nodes, e.g. 'python' or '/opt/venv/bin/python'"))
     return p
-
-
-def _needs_gcs_address(address: str) -> Problem:
-    """A dashboard address alone: the GCS is never guessed from it (its port is the cluster's choice)."""
-    return Problem(
-        "gcs_address",
-        None,
-        f"the cluster's GCS 'host:port' (`ray status` on the head prints it) with address={address!r}: this client reads job state "
-        "from the GCS and does not guess its port; a client that reaches only the Jobs API is not supported yet (docs/ray.md)",
-    )
 
 
 def _is_host_port(a: str) -> bool:

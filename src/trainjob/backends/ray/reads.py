@@ -59,6 +59,8 @@ class Reads:
         except (JobsAPIError, OSError) as e:
             raise BackendError(f"Ray could not say how job {job_id} is: {e}") from e
         self._info_cache[job_id] = (time.monotonic(), info)
+        if self.conn.jobs_api_only:
+            self.conn.kv._gcs.prime(job_id, info)  # the mirror reads need Ray's record too: one request serves both
         return info
 
     def _snapshot(self, job_id: str, info: Any = ..., got: dict[str, bytes] | None = None) -> Snapshot:
@@ -122,25 +124,37 @@ class Reads:
         from trainjob.backends.ray.outcome import compute_result, record_outcome
 
         kv, keys = self.conn.kv, Keys(snap.job_id)
+        if self.conn.jobs_api_only:
+            self.conn.kv._gcs.refresh(snap.job_id)  # the driver writes its mirror's last copy before it exits
         fresh = kv.get_json(keys.outcome)  # it may have been written since our first read
+        if fresh is None and self.conn.jobs_api_only:  # no GCS to record it in: derived on every read, alike
+            from trainjob.backends.ray.outcome import lost_outcome
+
+            status, msg, error = self._lost_driver_outcome(snap, ray_status)
+            snap.outcome = lost_outcome(status, msg, error, compute_result(kv, keys, snap.spec, None))
+            return
         if fresh is None:
-            if ray_status == "STOPPED":
-                status, msg, error = JobStatus.STOPPED, "the Ray job was stopped outside trainjob (ray job stop)", None
-            else:
-                said = f"Ray says {ray_status}: {snap.info.message or ''}".strip() if snap.info is not None else "Ray has no record of it"
-                started = snap.driver is not None
-                msg = f"the job's driver {'ended without recording an outcome' if started else 'never started'} ({said})"
-                error = {
-                    "type": "DriverLost" if started else "DriverNotStarted",
-                    "message": msg,
-                    "rank": None,
-                    "traceback": "",
-                    "ray_error_type": snap.info.error_type if snap.info is not None else None,  # e.g. RUNTIME_ENV_SETUP_FAILURE
-                }
-                status = JobStatus.FAILED
+            status, msg, error = self._lost_driver_outcome(snap, ray_status)
             record_outcome(kv, keys, EventWriter(kv, keys, "cli"), status, msg, error, compute_result(kv, keys, snap.spec, None))
             fresh = kv.get_json(keys.outcome)
         snap.outcome = fresh
+
+    def _lost_driver_outcome(self, snap: Snapshot, ray_status: str) -> tuple[JobStatus, str, dict | None]:
+        """The outcome of a job whose driver ended without writing one, from Ray's record of it."""
+        if ray_status == "STOPPED":
+            how = "stop_job before its driver started, or ray job stop" if self.conn.jobs_api_only else "ray job stop"
+            return JobStatus.STOPPED, f"the Ray job was stopped outside trainjob's driver ({how})", None
+        said = f"Ray says {ray_status}: {snap.info.message or ''}".strip() if snap.info is not None else "Ray has no record of it"
+        started = snap.driver is not None
+        msg = f"the job's driver {'ended without recording an outcome' if started else 'never started'} ({said})"
+        error = {
+            "type": "DriverLost" if started else "DriverNotStarted",
+            "message": msg,
+            "rank": None,
+            "traceback": "",
+            "ray_error_type": snap.info.error_type if snap.info is not None else None,  # e.g. RUNTIME_ENV_SETUP_FAILURE
+        }
+        return JobStatus.FAILED, msg, error
 
     def get_job(self, job_id: str) -> TrainJob:
         return self._to_job(self._snapshot(job_id))
@@ -152,6 +166,9 @@ class Reads:
             if jid and d.submission_id == jid:
                 infos[jid] = d
         kv = self.conn.kv
+        if self.conn.jobs_api_only:
+            for jid, info in infos.items():
+                kv._gcs.prime(jid, info)  # their mirrors are read with Ray's records just listed
         wanted = [k for jid in infos for k in (Keys(jid).job, Keys(jid).outcome, Keys(jid).driver)]
         got = kv.multi_get(wanted)
         jobs = []

@@ -7,8 +7,9 @@ import os
 import time
 
 from trainjob.backends.base import JobExtras
-from trainjob.backends.ray import integrity, plan
-from trainjob.backends.ray.state import EventWriter, Keys
+from trainjob.backends.ray import bundle, integrity, mirror, plan
+from trainjob.backends.ray.state import EventWriter, Keys, dumps
+from trainjob.core import signing
 from trainjob.core.spec import JobSpec
 from trainjob.errors import BackendError, JobStateError, Problem, ResourcesUnavailableError, SerializationError, ValidationError
 from trainjob.masking import mask_url
@@ -59,6 +60,17 @@ class Submit:
         }
         signer_key, record["signer"] = integrity.client_identity()
         payload = _checked_payload(trainer) if trainer.func is not None else None
+        created = f"job created ({spec.trainer}, {spec.entrypoint.kind}) on Ray at {conn.dashboard}" + (f", resuming {resume_from}" if resume_from else "")
+        submission = {
+            "entrypoint": plan.entrypoint(job_id, self.config.python),
+            "submission_id": job_id,
+            "runtime_env": runtime_env,
+            "metadata": {"trainjob.id": job_id, "trainjob.name": job_id},
+        }
+        if conn.jobs_api_only:
+            signed = integrity.sign_payload(signer_key, job_id, payload) if payload is not None else None
+            self._submit_through_jobs_api(submission, record, signed, signing.job_key(signer_key, job_id).hex(), hidden, created)
+            return job_id
         kv = conn.kv
         if not kv.claim_json(keys.job, record):  # another submitter took the name since the check above
             raise ValidationError([name_in_use(job_id)], "train()")
@@ -68,25 +80,38 @@ class Submit:
                 kv.put(keys.payload, integrity.sign_payload(signer_key, job_id, payload))
             if hidden:
                 kv.put_json(keys.secrets, hidden)
-            EventWriter(kv, keys, "cli")(
-                "Created", f"job created ({spec.trainer}, {spec.entrypoint.kind}) on Ray at {conn.dashboard}" + (f", resuming {resume_from}" if resume_from else "")
-            )
-            submission = {
-                "entrypoint": plan.entrypoint(job_id, self.config.python),
-                "submission_id": job_id,
-                "runtime_env": runtime_env,
-                "metadata": {"trainjob.id": job_id, "trainjob.name": job_id},
-            }
-            if "working_dir" in runtime_env:
-                conn.jobs().submit_job(**submission)  # Ray's SDK packages and uploads the local folder
-            else:
-                conn.api.submit(**submission)
+            EventWriter(kv, keys, "cli")("Created", created)
+            self._submit_ray_job(submission)
         except BaseException as e:
             kv.delete_prefix(keys.prefix)
             if isinstance(e, (ValidationError, KeyboardInterrupt)):  # SerializationError names the culprit
                 raise
             raise BackendError(f"Ray did not accept job {job_id}: {type(e).__name__}: {e}") from e
         return job_id
+
+    def _submit_ray_job(self, submission: dict) -> None:
+        if "working_dir" in submission["runtime_env"]:
+            self.conn.jobs().submit_job(**submission)  # Ray's SDK packages and uploads the local folder
+        else:
+            self.conn.api.submit(**submission)
+
+    def _submit_through_jobs_api(self, submission: dict, record: dict, signed_payload: bytes | None, job_key_hex: str, hidden: dict, created: str) -> None:
+        """Jobs-API-only mode: what the GCS writes above carry travels in an uploaded package
+        (``bundle``) that the driver puts into the GCS; the masked record also goes into the Ray
+        job's metadata (listing and reading a job before its driver starts); the driver mirrors
+        the job's state for the reads (``mirror``)."""
+        job_id = submission["submission_id"]
+        try:
+            data = bundle.pack(record, signed_payload, job_key_hex, dumps(hidden) if hidden else None, created)
+            uri = bundle.upload(self.conn.api, data)
+            submission["entrypoint"] = plan.entrypoint(job_id, self.config.python, bundle=uri)
+            submission["runtime_env"]["env_vars"][mirror.ENV] = "1"
+            submission["metadata"].update({"trainjob.record": dumps(record), "trainjob.bundle": uri})
+            self._submit_ray_job(submission)
+        except BaseException as e:
+            if isinstance(e, (ValidationError, KeyboardInterrupt)):
+                raise
+            raise BackendError(f"Ray did not accept job {job_id}: {type(e).__name__}: {e}") from e
 
     def _check_resume_source(self, job_id: str) -> None:
         if not isinstance(job_id, str) or not job_id:
