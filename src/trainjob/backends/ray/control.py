@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from trainjob.types import JobStatus
 
 DELETE_WAIT = 30.0  # seconds delete_job waits for Ray to end a running job
 RELAY_TIMEOUT = 120.0  # seconds a relay job (Jobs-API-only mode) may take
+RELAY_RECORD_GRACE = 2.0  # seconds after a relay job ended before its Ray record is deleted (_relay)
 ENDING_GRACE = 5.0  # seconds delete_job lets a driver that has recorded the outcome end by itself
 
 
@@ -103,6 +105,7 @@ class Control:
         relay_id = f"trainjob-relay-{action}-{secrets.token_hex(4)}"  # not a DNS-1035 job name: never a trainjob job's
         entry = f"{shlex.quote(self.config.python)} -m trainjob.backends.ray.relay {action} " + " ".join(shlex.quote(a) for a in (job_id, *args))
         info = None
+        self._clean_relays()
         try:
             api.submit(entrypoint=entry, submission_id=relay_id, runtime_env={}, metadata={"trainjob.relay": action, "trainjob.target": job_id})
             deadline = time.monotonic() + RELAY_TIMEOUT
@@ -117,12 +120,28 @@ class Control:
             try:
                 if not self._ray_ended(info):
                     api.stop(relay_id)
-                api.delete(relay_id)
             except (JobsAPIError, OSError):
-                pass  # best effort: a relay's record is harmless
+                pass
+            # Ray's record of the relay is deleted a little later: Ray's job manager checks on a
+            # job's supervisor once a second, and a record deleted before it saw the supervisor
+            # exit comes back as FAILED. A timer here, and every later relay (any client's).
+            timer = threading.Timer(RELAY_RECORD_GRACE + 0.5, self._clean_relays)
+            timer.daemon = True
+            timer.start()
         if info is None or info.status != "SUCCEEDED":
             raise BackendError(f"trainjob's {action} relay job for {job_id} failed on the cluster ({info.status if info else 'no record'}): {text.strip()[-800:]}")
         return text
+
+    def _clean_relays(self) -> None:
+        """Delete Ray's records of relay jobs that ended more than ``RELAY_RECORD_GRACE`` seconds ago (best effort)."""
+        try:
+            api = self.conn.api
+            now_ms = time.time() * 1000
+            for d in api.list():
+                if d.metadata.get("trainjob.relay") and d.status in RAY_TERMINAL and d.end_time and now_ms - d.end_time > RELAY_RECORD_GRACE * 1000:
+                    api.delete(d.submission_id)
+        except (JobsAPIError, OSError):
+            pass
 
     @staticmethod
     def _ray_ended(info: RayJob | None) -> bool:

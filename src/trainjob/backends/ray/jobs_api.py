@@ -33,6 +33,7 @@ class RayJob:
     error_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     driver_node_id: str | None = None  # the node whose log folder holds the driver's state mirror (mirror.py)
+    end_time: int | None = None  # ms since the epoch, once ended
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RayJob":
@@ -43,6 +44,7 @@ class RayJob:
             error_type=d.get("error_type"),
             metadata=dict(d.get("metadata") or {}),
             driver_node_id=d.get("driver_node_id"),
+            end_time=d.get("end_time"),
         )
 
 
