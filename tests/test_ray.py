@@ -1138,6 +1138,27 @@ def test_multinode_cluster_in_network_namespaces(netns_cluster):
     assert watch.samples >= 5 and not watch.offenders, f"traffic outside loopback and the test namespaces: {watch.offenders}"
 
 
+@pytest.mark.netns
+@pytest.mark.timeout(1200)
+def test_multinode_cluster_through_the_jobs_api_alone(netns_cluster):
+    """Issue 15 on two nodes: the client in a third namespace whose only way out is a forwarded
+    port to the head's dashboard (10.211.0.1:8265); the GCS (10.211.0.1:6390) has no route from
+    there. The whole flow, ranks on both nodes."""
+    where = ray_cluster.dashboard_only(netns_cluster)
+    try:
+        code = (
+            "import json, test_ray\n"
+            f"print(json.dumps(test_ray.jobs_api_scenario({where.dashboard!r}, {netns_cluster.gcs!r}, {str(netns_cluster.home)!r}, num_nodes=2), default=str))\n"
+        )
+        with ray_cluster.TrafficWatch(netns_cluster, allowed_prefixes=(f"{ray_cluster.NETNS_SUBNET}.",)) as watch:
+            facts = ray_cluster.run_in_netns(where.netns, code, timeout=1100)
+    finally:
+        where.stop()
+    print(json.dumps({k: facts[k] for k in ("gcs", "stop_call_s", "delete_s")}), "staleness p50/p95/max:", _p(facts["live"]["staleness"]))
+    check_jobs_api_scenario(facts, netns_cluster, num_nodes=2)
+    assert sorted(facts["live"]["ranks"].values()) == ["10.211.0.1", "10.211.0.2"]
+    assert watch.samples >= 5 and not watch.offenders, f"traffic outside loopback and the test namespaces: {watch.offenders}"
+
 def test_a_four_trial_optimization_runs_its_trials_on_ray(cluster, home):
     """Issue 14: OptimizerClient over the Ray backend; the study lives in this machine's home."""
     import hpo_jobs
