@@ -6,6 +6,10 @@ any process it left behind. Nothing else is touched (never ``ray stop``). Networ
 loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps Ray from moving to the interface address)
 or inside the namespaces made here (a veth pair 10.211.0.1 <-> 10.211.0.2, removed by ``stop()``).
 The nodes run with a private ``HOME`` (no stale ``~/.ray/auth_token``) and ``RAY_AUTH_MODE=disabled``.
+Namespace and veth names are random per run; the subnet and ports are the same in every run but
+exist only inside that run's own namespaces (nothing is addressed in the root namespace), so two
+runs at once do not collide. ``dashboard_only`` gives a client a namespace whose only way out is
+one forwarded port to the dashboard (a client that provably cannot reach the GCS).
 """
 
 from __future__ import annotations
