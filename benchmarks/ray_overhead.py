@@ -13,7 +13,12 @@ GPT-2 of ``trainjob.demo`` on 2 Ray Train workers (DDP):
 - ``trainjob (client process)``: a client that is already running calls ``train()`` and waits
   until it sees ``Complete`` (polled every 50 ms): what a notebook user waits;
 - ``trainjob (new process)``: the same from a new Python process (imports included), comparable
-  to the bare case process for process.
+  to the bare case process for process;
+- ``trainjob jobs-api (client process)``: the client case with ``address`` the dashboard URL and
+  no ``gcs_address`` (Jobs-API-only mode, issue 15): submit by package upload, reads through the
+  driver's state mirror, ``delete_job`` through a relay job (outside the timed part).
+
+``--cases`` picks some of them (comma-separated names as above); the default runs all.
 
 Target (issue 7): trainjob <= 1.10x bare Ray Train wall time. Both the ratio of the medians and
 the median of each round's own ratio are printed: on a noisy machine the second pairs runs made
@@ -113,6 +118,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--address", help="an existing cluster's GCS host:port (default: start one on loopback)")
+    ap.add_argument("--cases", help="comma-separated case names to run besides 'bare ray train' (default: all)")
     args = ap.parse_args()
 
     cluster = None
@@ -132,17 +138,20 @@ def main() -> None:
 
         client = TrainerClient(RayBackendConfig(address=address, home=home))
         client.list_jobs()  # connect to the cluster before timing
-        phases: dict[str, list[dict[str, float]]] = {"client process": [], "new process": []}
+        dashboard = client.backend.conn.dashboard
+        jobs_api = TrainerClient(RayBackendConfig(address=dashboard, home=home))  # no gcs_address: Jobs-API-only mode
+        jobs_api.list_jobs()
+        phases: dict[str, list[dict[str, float]]] = {"client process": [], "new process": [], "jobs-api": []}
         s = args.steps
-        res = interleave(
-            args.runs,
-            {
-                "bare ray train": lambda: run_process(BARE.format(address=address, steps=s), env),
-                "trainjob (client process)": lambda: trainjob_in_client(client, s, phases["client process"]),
-                "trainjob (new process)": lambda: run_process(TRAINJOB.format(address=address, home=home, steps=s), env, phases["new process"]),
-            },
-            rotate=True,
-        )
+        cases = {
+            "bare ray train": lambda: run_process(BARE.format(address=address, steps=s), env),
+            "trainjob (client process)": lambda: trainjob_in_client(client, s, phases["client process"]),
+            "trainjob (new process)": lambda: run_process(TRAINJOB.format(address=address, home=home, steps=s), env, phases["new process"]),
+            "trainjob jobs-api (client process)": lambda: trainjob_in_client(jobs_api, s, phases["jobs-api"]),
+        }
+        if args.cases:
+            cases = {k: v for k, v in cases.items() if k in args.cases.split(",") or k == "bare ray train"}
+        res = interleave(args.runs, cases, rotate=True)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -155,14 +164,15 @@ def main() -> None:
     print()
     bare = res["bare ray train"]
     rows = []
-    for case in ("trainjob (client process)", "trainjob (new process)"):
+    for case in [k for k in res if k != "bare ray train"]:
         paired = median([t / b for t, b in zip(res[case], bare)])  # each round's ratio: both ran under the same machine load
         rows.append((f"{case} / bare ray train", f"{m[case] / m['bare ray train']:.3f}", f"{paired:.3f}", "<= 1.10"))
     print(table(rows, ("ratio", "of medians", "median of per-round ratios", "target")))
     print()
     print("trainjob milestones, median seconds after train() (client process) or after the process started (new process):")
-    rows = [(k, *(f"{median([p[k] for p in ps if k in p]):.2f}" if any(k in p for p in ps) else "-" for ps in phases.values())) for k in MILESTONES]
-    print(table(rows, ("event", *phases)))
+    shown = {k: ps for k, ps in phases.items() if ps}
+    rows = [(k, *(f"{median([p[k] for p in ps if k in p]):.2f}" if any(k in p for p in ps) else "-" for ps in shown.values())) for k in MILESTONES]
+    print(table(rows, ("event", *shown)))
 
 
 if __name__ == "__main__":

@@ -374,3 +374,28 @@ def tiny_stopping_early(stop_at: int = 7, **kw):
                 control.should_training_stop = True
 
     return tiny(callbacks=[StopEarly()], **kw)
+
+
+def env_value(name: str = "MY_TOKEN"):
+    return os.environ.get(name)
+
+
+def clocked_tiny(max_steps: int = 300, step_delay: float = 0.1, output_dir: str = "./output", **kw):
+    """``slow_tiny`` that appends ``<step> <time>`` to ``<output_dir>/steps.log`` at the end of every
+    step: the true step times, for measuring how stale the progress a client sees is."""
+    import time
+
+    from transformers import TrainerCallback
+
+    from trainjob.demo import train_tiny_gpt2
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if int(os.environ.get("RANK", 0)) == 0:
+                os.makedirs(output_dir, exist_ok=True)
+                with open(os.path.join(output_dir, "steps.log"), "a") as f:
+                    f.write(f"{state.global_step} {time.time()}\n")
+            time.sleep(step_delay)
+
+    kw.setdefault("logging_steps", 5)
+    return train_tiny_gpt2(max_steps=max_steps, output_dir=output_dir, eval_steps=None, save_steps=None, callbacks=[Clock()], **kw)

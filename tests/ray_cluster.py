@@ -6,6 +6,10 @@ any process it left behind. Nothing else is touched (never ``ray stop``). Networ
 loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps Ray from moving to the interface address)
 or inside the namespaces made here (a veth pair 10.211.0.1 <-> 10.211.0.2, removed by ``stop()``).
 The nodes run with a private ``HOME`` (no stale ``~/.ray/auth_token``) and ``RAY_AUTH_MODE=disabled``.
+Namespace and veth names are random per run; the subnet and ports are the same in every run but
+exist only inside that run's own namespaces (nothing is addressed in the root namespace), so two
+runs at once do not collide. ``dashboard_only`` gives a client a namespace whose only way out is
+one forwarded port to the dashboard (a client that provably cannot reach the GCS).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +242,86 @@ def run_in_netns(ns: str, code: str, timeout: float, env: dict[str, str] | None 
     if r.returncode != 0 or not lines:
         raise AssertionError(f"the code in namespace {ns} failed (rc={r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}")
     return json.loads(lines[-1])
+
+
+# ---- a client that reaches only the dashboard ---------------------------------------------
+FORWARDER = r"""
+import ctypes, os, socket, sys, threading
+target, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))  # in the client's namespace (this process was started there)
+srv.listen(64)
+fd = os.open(target, os.O_RDONLY)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET: what follows connects from the cluster's side
+    raise OSError(ctypes.get_errno(), "setns")
+print(srv.getsockname()[1], flush=True)
+
+def pump(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+def serve(c):
+    try:
+        u = socket.create_connection((host, port), timeout=10)
+        u.settimeout(None)
+    except OSError:
+        c.close()
+        return
+    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+    pump(u, c)
+
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+@dataclass
+class DashboardOnly:
+    """A network namespace with nothing in it but loopback, where one port forwards to the cluster's
+    dashboard: code run there (``run_in_netns(ns, ...)``) reaches the Jobs API at ``dashboard``
+    and nothing else of the cluster (its GCS port included)."""
+
+    netns: str
+    dashboard: str  # http://127.0.0.1:<port>, inside the namespace
+    forwarder: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.forwarder.poll() is None:
+            self.forwarder.kill()
+            self.forwarder.wait(timeout=10)
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+
+
+def dashboard_only(cluster: RayCluster) -> DashboardOnly:
+    """The cluster's dashboard, and only it, for a client in a namespace of its own.
+
+    The forwarder listens inside the new namespace, then moves itself (``setns``) into the
+    cluster's: the head's namespace for a netns cluster, this process's for a loopback one.
+    """
+    ns = f"tjc{secrets.token_hex(3)}"
+    _ip("netns", "add", ns)
+    try:
+        _ip("-n", ns, "link", "set", "lo", "up")
+        target = f"/var/run/netns/{cluster.netns[0]}" if cluster.netns else f"/proc/{os.getpid()}/ns/net"
+        dash = urllib.parse.urlparse(cluster.dashboard)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", FORWARDER, target, dash.hostname, str(dash.port)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True, text=True,
+        )  # fmt: skip
+        port = int(proc.stdout.readline().strip())
+    except BaseException:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        raise
+    return DashboardOnly(ns, f"http://127.0.0.1:{port}", proc)
 
 
 # ---- helpers -----------------------------------------------------------------------------

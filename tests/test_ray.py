@@ -508,7 +508,7 @@ def test_polling_spares_the_dashboard_and_ray_ends_with_the_job(ray_client, monk
     """A client polling every 50 ms asks Ray's dashboard about the job at most once per ``INFO_TTL``
     while it runs and never once it has ended; Ray records the job ended as soon as trainjob does
     (the driver skips the interpreter's teardown), so a delete right after does not wait."""
-    from trainjob.backends.ray.backend import INFO_TTL
+    from trainjob.backends.ray.reads import INFO_TTL
 
     api = ray_client.backend.conn.api
     asked: list[float] = []
@@ -602,7 +602,7 @@ def test_jobs_ray_could_never_place_are_refused(ray_client):
 
 
 def test_a_payload_too_large_for_the_gcs_is_refused(ray_client):
-    from trainjob.backends.ray.backend import MAX_PAYLOAD
+    from trainjob.backends.ray.submit import MAX_PAYLOAD
 
     kv = ray_client.backend.conn.kv
     before = {k.split("/")[0] for k in kv.keys("")}
@@ -713,6 +713,154 @@ def test_state_mirror_serves_a_jobs_state_through_the_dashboard(ray_client, clus
     assert integrity.read_return_value(mirrored.get(keys.return_value), job_id, record) == ray_client.get_job_result(job_id).return_value
     assert mirrored.get(keys.payload) is None and mirrored.get(keys.secrets) is None and mirrored.get(integrity.signing_key_name(keys)) is None
 
+
+
+# ---- a client that reaches only the Jobs API (issue 15) ----------------------------------------
+def staleness(polls: list[tuple[float, int]], step_log: str) -> list[float]:
+    """For each poll (time, step shown): how long ago that step stopped being the current one
+    (0 if it still was), from the job's own step times (``jobs.clocked_tiny``)."""
+    ends = {}
+    for line in Path(step_log).read_text().splitlines():
+        step, at = line.split()
+        ends[int(step)] = float(at)
+    return [max(0.0, t - ends[s + 1]) for t, s in polls if s + 1 in ends]
+
+
+def jobs_api_scenario(dashboard: str, gcs: str, home: str, num_nodes: int = 1) -> dict:
+    """Runs where only the dashboard is reachable (``ray_cluster.dashboard_only``): every client
+    method through the Jobs API alone; facts for the test to check."""
+    import socket
+    import threading
+
+    from trainjob.backends.ray.jobs_api import JobsAPI
+
+    out: dict = {}
+    host, _, port = gcs.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        out["gcs"] = "reachable"
+    except OSError as e:
+        out["gcs"] = f"{type(e).__name__}: {e}"
+    c = TrainerClient(RayBackendConfig(address=dashboard, home=home))
+    out["jobs_api_only"] = c.backend.conn.jobs_api_only
+    per_node = 2 if num_nodes == 1 else 1
+
+    # A live job: progress (how stale), list/get, logs followed, then a graceful stop.
+    live = c.train(TransformersTrainer(func=jobs.clocked_tiny, func_args={"max_steps": 400, "step_delay": 0.1}, num_nodes=num_nodes, num_procs_per_node=per_node))
+    followed: list[str] = []
+    follower = threading.Thread(target=lambda: followed.extend(c.get_job_logs(live, step="node-0", follow=True)), daemon=True)
+    polls: list[tuple[float, int]] = []
+    seen_running = False
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while time.monotonic() < deadline:
+        p = c.get_job_progress(live)
+        if p is not None and p["currentStep"] > 0:
+            polls.append((time.time(), p["currentStep"]))
+            if not follower.is_alive() and not followed:
+                follower.start()
+            if not seen_running:
+                seen_running = c.get_job(live).status == JobStatus.RUNNING and [j.id for j in c.list_jobs(status=JobStatus.RUNNING)] == [live]
+            if p["currentStep"] >= 40:
+                break
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    c.stop_job(live)
+    out["stop_call_s"] = time.monotonic() - t0
+    job = finish(c, live)
+    follower.join(timeout=60)
+    result = c.get_job_result(live)
+    out["live"] = {
+        "status": job.status.value, "message": job.message, "seen_running": seen_running, "polls": len(polls),
+        "staleness": sorted(staleness(polls, str(Path(result.output_dir) / "steps.log"))),
+        "end": events(c, live, "TrainEnd")[-1].data, "reasons": [e.reason for e in c.get_job_events(live)],
+        "checkpoints": [p.name for p in list_checkpoints(result.output_dir)], "checkpoint": result.checkpoint.name if result.checkpoint else None,
+        "followed": len(followed), "follow_ended": not follower.is_alive(), "loss_steps": [m["step"] for m in c.get_job_metrics(live) if "loss" in m],
+        "ranks": {r["rank"]: r["node_ip"] for r in c.backend.rank_info(live)},
+    }  # fmt: skip
+
+    # train(resume=...) from that checkpoint; max_restarts with trainjob's resume; a secret env value.
+    stopped_at = out["live"]["end"]["global_step"]
+    resumed = c.train(TransformersTrainer(func=jobs.slow_tiny, func_args={"max_steps": stopped_at + 10, "save_steps": None, "step_delay": 0.0}, num_nodes=num_nodes, num_procs_per_node=per_node), resume=live)
+    restart = c.train(TransformersTrainer(func=jobs.fails_once_at, func_args={"fail_at": 15, "rank": 1, "max_steps": 30, "save_steps": 10}, num_nodes=num_nodes, num_procs_per_node=per_node, max_restarts=1))
+    secret = c.train(CustomTrainer(func=jobs.env_value, func_args={"name": "MY_TOKEN"}, env={"MY_TOKEN": "jobs-api-secret-5x"}))
+    for job_id in (resumed, restart, secret):
+        c.wait_for_job_completion(job_id, timeout=JOB_TIMEOUT, polling_interval=0.25)
+    out["resumed"] = {"start_step": events(c, resumed, "TrainBegin")[0].data["start_step"], "global_step": c.get_job_result(resumed).return_value["global_step"]}
+    out["restart"] = {
+        "attempt": c.get_job(restart).attempt, "restarting": [(e.data["attempt"], e.data["step"]) for e in events(c, restart, "Restarting")],
+        "start_steps": [b.data["start_step"] for b in events(c, restart, "TrainBegin")], "checkpoint": c.get_job_result(restart).checkpoint.name,
+        "global_step": c.get_job_result(restart).return_value["global_step"],
+    }  # fmt: skip
+    api = JobsAPI(dashboard)
+    out["secret"] = {"value": c.get_job_result(secret).return_value, "in_ray_record": "jobs-api-secret-5x" in json.dumps(api.info(secret).__dict__), "shown": "jobs-api-secret-5x" in repr(c.get_job(secret))}
+    out["driver_log"] = "trainjob.backends.ray.driver" in "".join(c.get_job_logs(secret, step="driver"))
+
+    # delete: Ray's records, the job's keys (checked by the test, which reaches the GCS), folders.
+    ids = [live, resumed, restart, secret]
+    out["ids"] = ids
+    out["bundles"] = [api.info(j).metadata["trainjob.bundle"] for j in ids]
+    out["job_dirs"] = [str(c.get_job(j).job_dir) for j in ids]
+    t0 = time.monotonic()
+    for j in ids:
+        c.delete_job(j)
+    out["delete_s"] = (time.monotonic() - t0) / len(ids)
+    time.sleep(4)  # the relays' Ray records go a little after they end (control.RELAY_RECORD_GRACE)
+    out["listed_after"] = [j.id for j in c.list_jobs()]
+    out["ray_jobs_after"] = sorted(d.submission_id for d in api.list() if d.submission_id in ids or d.submission_id.startswith("trainjob-relay-"))
+    try:
+        c.get_job(live)
+        out["get_after_delete"] = "found"
+    except JobNotFoundError:
+        out["get_after_delete"] = "JobNotFoundError"
+    return out
+
+
+def check_jobs_api_scenario(facts: dict, cluster, num_nodes: int = 1) -> None:
+    assert facts["gcs"] != "reachable" and facts["jobs_api_only"], facts["gcs"]
+    live = facts["live"]
+    stopped_at = live["end"]["global_step"]
+    assert live["status"] == "Stopped" and live["end"]["stopped"] and stopped_at >= 40 and stopped_at % 5 == 0, live
+    assert live["checkpoints"] == [f"checkpoint-{stopped_at}"] == [live["checkpoint"]]
+    assert live["reasons"].index("Created") < live["reasons"].index("StopRequested") < live["reasons"].index("TrainEnd") < live["reasons"].index("Stopped")
+    assert live["seen_running"] and live["followed"] > 0 and live["follow_ended"] and live["loss_steps"][:3] == [5, 10, 15]
+    ages = live["staleness"]
+    assert len(ages) >= 20 and ages[int(0.95 * (len(ages) - 1))] <= 2.0, ages  # p95 of how stale the progress shown was
+    assert facts["resumed"] == {"start_step": stopped_at, "global_step": stopped_at + 10}
+    r = facts["restart"]
+    assert (r["attempt"], r["restarting"], r["start_steps"], r["checkpoint"], r["global_step"]) == (1, [[1, 10]], [0, 10], "checkpoint-30", 30)
+    assert facts["secret"] == {"value": "jobs-api-secret-5x", "in_ray_record": False, "shown": False} and facts["driver_log"]
+    assert facts["listed_after"] == [] and facts["ray_jobs_after"] == [] and facts["get_after_delete"] == "JobNotFoundError"
+    assert not any(Path(d).exists() for d in facts["job_dirs"])
+    if not cluster.netns:  # this test process reaches the GCS: nothing of the jobs is left in it
+        from trainjob.backends.ray.state import KV
+
+        kv = KV.connect(cluster.gcs)
+        assert not any(kv.keys(f"{j}/") for j in facts["ids"])
+        assert all(kv._gcs.internal_kv_get(uri.encode(), None) is None for uri in facts["bundles"])
+        assert not list((cluster.temp / "r").glob("session_*/logs/trainjob-*.state.json"))  # the mirror files went with the jobs
+
+
+def test_a_client_that_reaches_only_the_jobs_api(cluster):
+    """Issue 15: RayBackendConfig(address="http://...") without gcs_address, run in a network
+    namespace whose only way out is a forwarded dashboard port (the GCS port is unreachable from
+    there): train, list/get, progress (how stale), logs (follow), events, metrics, stop (graceful,
+    with a checkpoint), resume, max_restarts, a secret, result, delete."""
+    reason = ray_cluster.netns_unavailable()
+    if reason:
+        pytest.skip(f"needs a network namespace for the client: {reason}")
+    where = ray_cluster.dashboard_only(cluster)
+    try:
+        code = f"import json, test_ray\nprint(json.dumps(test_ray.jobs_api_scenario({where.dashboard!r}, {cluster.gcs!r}, {str(cluster.home)!r}), default=str))\n"
+        facts = ray_cluster.run_in_netns(where.netns, code, timeout=900)
+    finally:
+        where.stop()
+    print(json.dumps({k: facts[k] for k in ("stop_call_s", "delete_s")}), "staleness p50/p95/max:", _p(facts["live"]["staleness"]))
+    check_jobs_api_scenario(facts, cluster)
+
+
+def _p(ages: list[float]) -> str:
+    q = lambda f: ages[int(f * (len(ages) - 1))]  # noqa: E731
+    return f"{q(0.5):.2f}/{q(0.95):.2f}/{ages[-1]:.2f} s over {len(ages)} polls" if ages else "no polls"
 
 AUTH_CLIENT = """
 import json, sys
@@ -826,15 +974,15 @@ def test_bad_config_and_unreachable_cluster(monkeypatch):
     with pytest.raises(BackendError) as err:
         client.list_jobs()
     assert time.monotonic() - t0 < 15 and "cannot reach the Ray cluster" in str(err.value)
-    # A dashboard address alone: the GCS is never guessed from it (issue 15), at once or through $RAY_ADDRESS.
-    with pytest.raises(ValidationError) as info:
-        TrainerClient(RayBackendConfig(address="http://127.0.0.1:8265"))
-    assert info.value.fields == ["gcs_address"] and "does not guess" in str(info.value)
-    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
-    with pytest.raises(ValidationError) as info:
-        TrainerClient(RayBackendConfig(address="auto")).list_jobs()
-    assert info.value.fields == ["gcs_address"]
-
+    # A dashboard address alone is the Jobs-API-only mode (issue 15): the GCS is never guessed from
+    # it, and a dashboard that does not answer fails the first call, at once or through $RAY_ADDRESS.
+    for address, env in ((f"http://127.0.0.1:{ray_cluster.free_port()}", None), ("auto", f"http://127.0.0.1:{ray_cluster.free_port()}")):
+        if env:
+            monkeypatch.setenv("RAY_ADDRESS", env)
+        t0 = time.monotonic()
+        with pytest.raises(BackendError) as err:
+            TrainerClient(RayBackendConfig(address=address)).list_jobs()
+        assert time.monotonic() - t0 < 15 and "cannot reach the Ray cluster" in str(err.value)
 
 def read_initialized() -> dict:
     """Runs in the job: what the initializers put in MODEL_PATH and DATASET_PATH on this rank's node."""
@@ -1012,6 +1160,27 @@ def test_multinode_cluster_in_network_namespaces(netns_cluster):
 
     assert watch.samples >= 5 and not watch.offenders, f"traffic outside loopback and the test namespaces: {watch.offenders}"
 
+
+@pytest.mark.netns
+@pytest.mark.timeout(1200)
+def test_multinode_cluster_through_the_jobs_api_alone(netns_cluster):
+    """Issue 15 on two nodes: the client in a third namespace whose only way out is a forwarded
+    port to the head's dashboard (10.211.0.1:8265); the GCS (10.211.0.1:6390) has no route from
+    there. The whole flow, ranks on both nodes."""
+    where = ray_cluster.dashboard_only(netns_cluster)
+    try:
+        code = (
+            "import json, test_ray\n"
+            f"print(json.dumps(test_ray.jobs_api_scenario({where.dashboard!r}, {netns_cluster.gcs!r}, {str(netns_cluster.home)!r}, num_nodes=2), default=str))\n"
+        )
+        with ray_cluster.TrafficWatch(netns_cluster, allowed_prefixes=(f"{ray_cluster.NETNS_SUBNET}.",)) as watch:
+            facts = ray_cluster.run_in_netns(where.netns, code, timeout=1100)
+    finally:
+        where.stop()
+    print(json.dumps({k: facts[k] for k in ("gcs", "stop_call_s", "delete_s")}), "staleness p50/p95/max:", _p(facts["live"]["staleness"]))
+    check_jobs_api_scenario(facts, netns_cluster, num_nodes=2)
+    assert sorted(facts["live"]["ranks"].values()) == ["10.211.0.1", "10.211.0.2"]
+    assert watch.samples >= 5 and not watch.offenders, f"traffic outside loopback and the test namespaces: {watch.offenders}"
 
 def test_a_four_trial_optimization_runs_its_trials_on_ray(cluster, home):
     """Issue 14: OptimizerClient over the Ray backend; the study lives in this machine's home."""

@@ -45,7 +45,8 @@ class RayBackendConfig:
     directory ``workdir/``, where a relative ``output_dir`` and the checkpoints land); the same
     path on every node, on shared storage for multi-node resume (default: the nodes'
     ``$TRAINJOB_HOME`` or ``~/.trainjob``). ``gcs_address``: the GCS when ``address`` is a
-    dashboard URL (required then: never guessed from it). ``installer``: ``"uv"`` or ``"pip"`` for
+    dashboard URL (optional, never guessed from it; without it the client reaches the cluster
+    through the dashboard's Jobs API alone, for clusters that expose only that port). ``installer``: ``"uv"`` or ``"pip"`` for
     ``packages_to_install``. ``python``: the Python command on the nodes that runs trainjob's
     driver. ``check_resources``: refuse at ``train()`` a job whose worker fits on no current node
     (turn off for an autoscaling cluster that adds bigger nodes on demand). ``working_dir``: a

@@ -159,6 +159,7 @@ class Driver:
                 if deadline is not None and time.monotonic() >= deadline:
                     why = "" if not grace else f"; the ranks did not end within stop_grace_seconds={grace:g}, so the Ray job was ended"
                     self.finish(*self._stopped(why))
+                    StateMirror.flush()  # the outcome reaches a dashboard-only client (os._exit skips main's close)
                     os._exit(0)  # Ray ends the job's actors (Ray Train's controller and workers) with it
             except Exception as e:  # noqa: BLE001 - keep watching through a GCS hiccup
                 print(f"[trainjob] stop monitor: {e}", file=sys.stderr, flush=True)
@@ -232,13 +233,24 @@ class Driver:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    package = None
+    if len(argv) == 3 and argv[1] == "--bundle":  # submitted by a client that reaches only the Jobs API (bundle.py)
+        argv, package = argv[:1], argv[2]
     if len(argv) != 1:
-        print("usage: python -m trainjob.backends.ray.driver JOB_ID (started by trainjob's Ray backend)", file=sys.stderr)
+        print("usage: python -m trainjob.backends.ray.driver JOB_ID [--bundle gcs://PACKAGE.zip] (started by trainjob's Ray backend)", file=sys.stderr)
         return 2
     import ray
 
     ray.init(logging_level="WARNING")  # inside a Ray job: joins the cluster the job runs on
     kv = KV.in_cluster()
+    if package:
+        from trainjob.backends.ray.bundle import BundleError, load
+
+        try:
+            load(kv, argv[0], package)
+        except BundleError as e:
+            print(f"[trainjob] {e}", file=sys.stderr, flush=True)
+            return 1
     mirror = StateMirror.start_if_asked(kv, Keys(argv[0]))  # for clients that reach only the dashboard (mirror.py)
     try:
         return Driver(argv[0], kv).run()

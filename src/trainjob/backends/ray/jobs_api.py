@@ -33,6 +33,7 @@ class RayJob:
     error_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     driver_node_id: str | None = None  # the node whose log folder holds the driver's state mirror (mirror.py)
+    end_time: int | None = None  # ms since the epoch, once ended
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RayJob":
@@ -43,6 +44,7 @@ class RayJob:
             error_type=d.get("error_type"),
             metadata=dict(d.get("metadata") or {}),
             driver_node_id=d.get("driver_node_id"),
+            end_time=d.get("end_time"),
         )
 
 
@@ -97,6 +99,19 @@ class JobsAPI:
             if e.code in (401, 403):
                 raise JobsAPIError(e.code, refused_message(self.dashboard, bool(self.headers), e.read().decode(errors="replace"))) from None
             raise
+
+    def call_raw(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None) -> bytes:
+        """Any dashboard request with a raw body (the package upload); the raw answer."""
+        headers = {**self.headers, **({"Content-Type": content_type} if content_type else {})}
+        req = urllib.request.Request(f"{self.dashboard}{path}", data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace").strip()
+            if e.code in (401, 403):
+                detail = refused_message(self.dashboard, bool(self.headers), detail)
+            raise JobsAPIError(e.code, detail[-2000:] or e.reason) from None
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()

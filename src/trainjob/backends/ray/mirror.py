@@ -1,6 +1,8 @@
-"""A job's GCS state, mirrored into a file that the dashboard's log endpoint serves (issue 15, partial).
+"""A job's GCS state, mirrored into a file that the dashboard's log endpoint serves.
 
-For clients that reach only the dashboard (Jobs API) port. The driver, when the job's environment
+For clients that reach only the dashboard (Jobs API) port (``RayBackendConfig(address="http://...")``
+without ``gcs_address``): such a client submits with ``TRAINJOB_STATE_MIRROR=1`` in the job's
+environment and reads every job through ``DashboardGcs``. The driver, when the job's environment
 sets ``TRAINJOB_STATE_MIRROR=1``, writes every ``INTERVAL`` seconds a JSON copy of the job's keys
 (``state``; not the payload, the secrets or the job key) to ``trainjob-<id>.state.json`` in the head
 node's Ray log folder, replaced atomically; the client reads it with
@@ -9,7 +11,7 @@ node's Ray log folder, replaced atomically; the client reads it with
 work unchanged. Staleness: at most ``INTERVAL`` plus one request. Cost: the driver scans the
 job's keys each interval, and each read moves the whole file (it grows with the metrics history).
 
-Not wired into ``RayBackend`` yet: writes (submit, stop, delete) still need the GCS (docs/ray.md).
+The client's writes have their own channels: submit (``bundle``), stop and delete (``relay``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def snapshot(kv: KV, keys: Keys) -> dict[str, Any]:
 class StateMirror:
     """The driver's writer thread (started only when the job's environment asks for it)."""
 
+    current: "StateMirror | None" = None  # the driver's mirror, for an exit that skips ``close`` (``flush``)
+
     def __init__(self, kv: KV, keys: Keys, log_dir: Path, interval: float = INTERVAL) -> None:
         self.kv, self.keys, self.path, self.interval = kv, keys, Path(log_dir) / mirror_filename(keys.job_id), interval
         self._done = threading.Event()
@@ -69,7 +73,17 @@ class StateMirror:
 
         mirror = cls(kv, keys, Path(ray._private.worker._global_node.get_logs_dir_path()))
         mirror._thread.start()
+        cls.current = mirror
         return mirror
+
+    @classmethod
+    def flush(cls) -> None:
+        """Write the current state now, if this process mirrors a job (before an ``os._exit``)."""
+        if cls.current is not None:
+            try:
+                cls.current.write()
+            except Exception as e:  # noqa: BLE001 - the process is ending anyway
+                print(f"[trainjob] state mirror: {type(e).__name__}: {e}", flush=True)
 
     def write(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -94,7 +108,7 @@ class MirrorGcs:
     """GcsClient's read methods over a job's mirror file, read through the dashboard (client side).
 
     ``get_file`` is a callable that returns the file's bytes (``JobsAPI.get`` of the log endpoint).
-    Writes are refused: they have no channel through the Jobs API yet.
+    Writes are refused: the client's writes go through a relay job (``relay``).
     """
 
     def __init__(self, get_file, ttl: float = READ_TTL) -> None:
@@ -104,6 +118,10 @@ class MirrorGcs:
     @classmethod
     def through_dashboard(cls, api, job_id: str, node_id: str, ttl: float = READ_TTL) -> "MirrorGcs":
         return cls(lambda: api.get("/api/v0/logs/file", node_id=node_id, filename=mirror_filename(job_id), lines=-1), ttl)
+
+    def refresh(self) -> None:
+        """Forget the cached copy: the next read fetches the file."""
+        self._cached = None
 
     def _data(self) -> dict[str, bytes]:
         now = time.monotonic()
@@ -125,7 +143,98 @@ class MirrorGcs:
         return [k.encode() for k in self._data() if k.startswith(p)]
 
     def internal_kv_put(self, key: bytes, value: bytes, overwrite: bool, namespace: bytes) -> int:
-        raise NotImplementedError("writes through the Jobs API alone are not supported yet (docs/ray.md)")
+        raise ReadOnlyError(key)
 
     def internal_kv_del(self, key: bytes, del_by_prefix: bool, namespace: bytes) -> int:
-        raise NotImplementedError("deletes through the Jobs API alone are not supported yet (docs/ray.md)")
+        raise ReadOnlyError(key)
+
+
+class ReadOnlyError(RuntimeError):
+    """A write on the dashboard-only store: a code path that should have used a relay job."""
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(f"internal error: a write of {key.decode(errors='replace')!r} through the Jobs API alone (the client has no GCS connection; writes go through trainjob.backends.ray.relay)")
+
+
+class DashboardGcs:
+    """GcsClient's read methods over every job, through the dashboard alone (client side).
+
+    A key's first segment is its job id (``state.Keys``). The job's record comes from Ray's job
+    ``metadata`` (``trainjob.record``: the client puts it there at submit, so a job whose driver
+    has not started yet is listed), every other key from the job's mirror file on its driver's node
+    (``MirrorGcs``). Ray's record of a job is asked for at most once per ``info_ttl`` seconds
+    (``prime`` gives it one already read, e.g. by ``list_jobs``).
+    """
+
+    def __init__(self, api, info_ttl: float = 1.0) -> None:
+        self.api, self.info_ttl = api, info_ttl
+        self._infos: dict[str, tuple[float, Any]] = {}
+        self._mirrors: dict[tuple[str, str], MirrorGcs] = {}
+        self._lock = threading.Lock()
+
+    def prime(self, job_id: str, info) -> None:
+        with self._lock:
+            self._infos[job_id] = (time.monotonic(), info)
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._infos.pop(job_id, None)
+            for k in [k for k in self._mirrors if k[0] == job_id]:
+                del self._mirrors[k]
+
+    def refresh(self, job_id: str) -> None:
+        """The next read of ``job_id`` asks Ray and reads the mirror file again."""
+        with self._lock:
+            self._infos.pop(job_id, None)
+            mirrors = [m for k, m in self._mirrors.items() if k[0] == job_id]
+        for m in mirrors:
+            m.refresh()
+
+    def _info(self, job_id: str):
+        with self._lock:
+            hit = self._infos.get(job_id)
+        if hit is not None and time.monotonic() - hit[0] < self.info_ttl:
+            return hit[1]
+        info = self.api.info(job_id)
+        self.prime(job_id, info)
+        return info
+
+    def _job(self, job_id: str) -> dict[str, bytes]:
+        info = self._info(job_id)
+        if info is None or info.metadata.get("trainjob.id") != job_id or "trainjob.record" not in info.metadata:
+            return {}  # no such Ray job, or not one a dashboard-only client submitted
+        data: dict[str, bytes] = {}
+        if info.driver_node_id:
+            with self._lock:
+                mirror = self._mirrors.setdefault((job_id, info.driver_node_id), MirrorGcs.through_dashboard(self.api, job_id, info.driver_node_id))
+            try:
+                data = dict(mirror._data())
+            except (OSError, ValueError):
+                data = {}  # no file yet (the driver is starting), or the node is gone
+        data.setdefault(f"{job_id}/job", info.metadata["trainjob.record"].encode())
+        return data
+
+    def internal_kv_get(self, key: bytes, namespace: bytes) -> bytes | None:
+        k = key.decode()
+        return self._job(k.partition("/")[0]).get(k)
+
+    def internal_kv_multi_get(self, keys: list[bytes], namespace: bytes) -> dict[bytes, bytes | None]:
+        by_job: dict[str, dict[str, bytes]] = {}
+        out = {}
+        for key in keys:
+            k = key.decode()
+            job = k.partition("/")[0]
+            if job not in by_job:
+                by_job[job] = self._job(job)
+            out[key] = by_job[job].get(k)
+        return out
+
+    def internal_kv_keys(self, prefix: bytes, namespace: bytes) -> list[bytes]:
+        p = prefix.decode()
+        return [k.encode() for k in self._job(p.partition("/")[0]) if k.startswith(p)]
+
+    def internal_kv_put(self, key: bytes, value: bytes, overwrite: bool, namespace: bytes) -> int:
+        raise ReadOnlyError(key)
+
+    def internal_kv_del(self, key: bytes, del_by_prefix: bool, namespace: bytes) -> int:
+        raise ReadOnlyError(key)

@@ -47,6 +47,11 @@ def compute_result(kv: KV, keys: Keys, spec: JobSpec, default_output_dir: str | 
     )
 
 
+def lost_outcome(status: JobStatus, message: str | None, error: dict | None, result: dict) -> dict[str, Any]:
+    """An outcome as ``record_outcome`` writes it (``finished_at`` unknown: None)."""
+    return {"status": status.value, "message": message, "error": error, "result": result, "finished_at": None}
+
+
 def record_outcome(kv: KV, keys: Keys, event: EventWriter, status: JobStatus, message: str | None, error: dict | None, result: dict) -> bool:
     """Write the job's outcome unless one exists (a terminal status is final); the matching event if written.
 

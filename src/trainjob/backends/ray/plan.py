@@ -26,9 +26,11 @@ DEFAULT_ENV = {
 INSTALLERS = ("uv", "pip")
 
 
-def entrypoint(job_id: str, python: str = "python") -> str:
-    """The Ray job's entrypoint: trainjob's driver, run by the nodes' ``python``."""
-    return f"{shlex.quote(python)} -m trainjob.backends.ray.driver {shlex.quote(job_id)}"
+def entrypoint(job_id: str, python: str = "python", bundle: str | None = None) -> str:
+    """The Ray job's entrypoint: trainjob's driver, run by the nodes' ``python``; ``bundle``: the
+    submission package of a Jobs-API-only client (``bundle``), which the driver puts into the GCS."""
+    tail = f" --bundle {shlex.quote(bundle)}" if bundle else ""
+    return f"{shlex.quote(python)} -m trainjob.backends.ray.driver {shlex.quote(job_id)}{tail}"
 
 
 def runtime_env(spec: JobSpec, env: Mapping[str, str] | None, installer: str = "uv", working_dir: str | None = None) -> dict[str, Any]:
