@@ -837,7 +837,10 @@ def check_jobs_api_scenario(facts: dict, cluster, num_nodes: int = 1) -> None:
         kv = KV.connect(cluster.gcs)
         assert not any(kv.keys(f"{j}/") for j in facts["ids"])
         assert all(kv._gcs.internal_kv_get(uri.encode(), None) is None for uri in facts["bundles"])
-        assert not list((cluster.temp / "r").glob("session_*/logs/trainjob-*.state.json"))  # the mirror files went with the jobs
+        # The mirror files went with the jobs (only these jobs': the cluster is shared by the file's other tests).
+        from trainjob.backends.ray.mirror import mirror_filename
+
+        assert not [p for j in facts["ids"] for p in (cluster.temp / "r").glob(f"session_*/logs/{mirror_filename(j)}")]
 
 
 def test_a_client_that_reaches_only_the_jobs_api(cluster):
