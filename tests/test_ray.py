@@ -944,8 +944,12 @@ def test_runtime_is_the_clusters(ray_client, cluster):
     assert runtime.resources["nodes"] == 1 and runtime.resources["cpu"] == 2 and runtime.resources["memory"] > 0
     packages = ray_client.get_runtime_packages(runtime)
     assert any(p.startswith("torch==") for p in packages) and any(p.startswith("ray==") for p in packages), packages[:10]
-    # The listing job was deleted (other Ray jobs, e.g. a job an earlier test left queued, may come and go meanwhile).
-    assert not [j.submission_id for j in ray_client.backend.conn.api.list() if j.submission_id.startswith("trainjob-packages-")]
+    # The listing job's Ray record is deleted a moment after it ended (deleted at once, Ray's job
+    # manager could bring it back as FAILED); other Ray jobs may come and go meanwhile.
+    api = ray_client.backend.conn.api
+    wait_until(lambda: not [j for j in api.list() if j.submission_id.startswith("trainjob-packages-")], timeout=15, what="the listing job's record to go")
+    time.sleep(2.0)  # and it does not come back
+    assert not [j.submission_id for j in api.list() if j.submission_id.startswith("trainjob-packages-")]
     assert not [j.name for j in ray_client.list_jobs() if j.name.startswith("trainjob-packages-")]  # never listed as a job
 
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 from trainjob.backends.base import Backend
 from trainjob.backends.ray.connection import Connection, check_config, connect
 from trainjob.backends.ray.control import Control
-from trainjob.backends.ray.jobs_api import JobsAPIError, RayJob
+from trainjob.backends.ray.jobs_api import RayJob
 from trainjob.backends.ray.logs import Logs
 from trainjob.backends.ray.reads import Reads
 from trainjob.backends.ray.submit import Submit
@@ -77,27 +76,10 @@ class RayBackend(Submit, Reads, Logs, Control, Backend):
         """The packages of the cluster's Python (``RayBackendConfig.python`` on the node Ray puts a
         small Ray job on; the nodes are expected to share one stack, which a job's
         ``packages_to_install`` extends). Costs a Ray job: a few seconds."""
-        import secrets
         import shlex
 
-        api = self.conn.api
-        probe = f"trainjob-packages-{secrets.token_hex(4)}"  # not a DNS-1035 job name: never a trainjob job's
-        try:
-            api.submit(entrypoint=f"{shlex.quote(self.config.python)} -m trainjob.runtimes", submission_id=probe, runtime_env={}, metadata={"trainjob.probe": "packages"})
-            deadline = time.monotonic() + PACKAGES_TIMEOUT
-            while not self._ray_ended(info := api.info(probe)):
-                if time.monotonic() >= deadline:
-                    raise BackendError(f"Ray did not run the package listing within {PACKAGES_TIMEOUT:g}s (job {probe})")
-                time.sleep(0.2)
-            text = api.logs(probe)
-        except (JobsAPIError, OSError) as e:
-            raise BackendError(f"Ray could not list the cluster's packages: {e}") from e
-        finally:
-            try:
-                api.stop(probe)
-                api.delete(probe)
-            except (JobsAPIError, OSError):
-                pass  # best effort: the probe's record is harmless
+        entry = f"{shlex.quote(self.config.python)} -m trainjob.runtimes"
+        info, text = self._helper_job("packages", entry, {"trainjob.probe": "packages"}, PACKAGES_TIMEOUT, "the package listing")
         if info is None or info.status != "SUCCEEDED":
             raise BackendError(f"listing the cluster's packages failed ({info.status if info else 'no record'}): {text.strip()[-500:]}")
         return [line for line in text.splitlines() if "==" in line and " " not in line.strip()]

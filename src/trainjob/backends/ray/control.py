@@ -14,6 +14,7 @@ from trainjob.types import JobStatus
 
 DELETE_WAIT = 30.0  # seconds delete_job waits for Ray to end a running job
 RELAY_TIMEOUT = 120.0  # seconds a relay job (Jobs-API-only mode) may take
+HELPER_KEY = "trainjob.helper"  # Ray job metadata: one of trainjob's own small jobs (relay, package listing)
 RELAY_RECORD_GRACE = 2.0  # seconds after a relay job ended before its Ray record is deleted (_relay)
 ENDING_GRACE = 5.0  # seconds delete_job lets a driver that has recorded the outcome end by itself
 
@@ -98,47 +99,57 @@ class Control:
 
         For a client without a GCS connection (``relay``): its output on success, ``BackendError`` otherwise.
         """
-        import secrets
         import shlex
 
-        api = self.conn.api
-        relay_id = f"trainjob-relay-{action}-{secrets.token_hex(4)}"  # not a DNS-1035 job name: never a trainjob job's
         entry = f"{shlex.quote(self.config.python)} -m trainjob.backends.ray.relay {action} " + " ".join(shlex.quote(a) for a in (job_id, *args))
+        what = f"trainjob's {action} relay job for {job_id}"
+        info, text = self._helper_job(f"relay-{action}", entry, {"trainjob.relay": action, "trainjob.target": job_id}, RELAY_TIMEOUT, what)
+        if info is None or info.status != "SUCCEEDED":
+            raise BackendError(f"{what} failed on the cluster ({info.status if info else 'no record'}): {text.strip()[-800:]}")
+        return text
+
+    def _helper_job(self, kind: str, entrypoint: str, metadata: dict[str, str], timeout: float, what: str) -> tuple[RayJob | None, str]:
+        """Run one of trainjob's own small Ray jobs (a relay, the package listing) through the Jobs API
+        and wait for its end: its last record and its output. ``BackendError`` if Ray does not run it.
+
+        Its Ray record is deleted a little later, not at once: Ray's job manager checks on a job's
+        supervisor once a second, and a record deleted before it saw the supervisor exit comes
+        back as FAILED. A timer here, and every later helper job (any client's), delete it.
+        """
+        import secrets
+
+        api = self.conn.api
+        helper_id = f"trainjob-{kind}-{secrets.token_hex(4)}"  # not a DNS-1035 job name: never a trainjob job's
         info = None
         self._clean_relays()
         try:
-            api.submit(entrypoint=entry, submission_id=relay_id, runtime_env={}, metadata={"trainjob.relay": action, "trainjob.target": job_id})
-            deadline = time.monotonic() + RELAY_TIMEOUT
-            while not self._ray_ended(info := api.info(relay_id)):
+            api.submit(entrypoint=entrypoint, submission_id=helper_id, runtime_env={}, metadata={**metadata, HELPER_KEY: kind})
+            deadline = time.monotonic() + timeout
+            while not self._ray_ended(info := api.info(helper_id)):
                 if time.monotonic() >= deadline:
-                    raise BackendError(f"trainjob's {action} relay job {relay_id} did not end within {RELAY_TIMEOUT:g}s on the cluster")
+                    raise BackendError(f"{what} ({helper_id}) did not end within {timeout:g}s on the cluster")
                 time.sleep(0.1)
-            text = api.logs(relay_id)
+            return info, api.logs(helper_id)
         except (JobsAPIError, OSError) as e:
-            raise BackendError(f"Ray did not run trainjob's {action} relay job for {job_id}: {e}") from e
+            raise BackendError(f"Ray did not run {what}: {e}") from e
         finally:
             try:
                 if not self._ray_ended(info):
-                    api.stop(relay_id)
+                    api.stop(helper_id)
             except (JobsAPIError, OSError):
                 pass
-            # Ray's record of the relay is deleted a little later: Ray's job manager checks on a
-            # job's supervisor once a second, and a record deleted before it saw the supervisor
-            # exit comes back as FAILED. A timer here, and every later relay (any client's).
             timer = threading.Timer(RELAY_RECORD_GRACE + 0.5, self._clean_relays)
             timer.daemon = True
             timer.start()
-        if info is None or info.status != "SUCCEEDED":
-            raise BackendError(f"trainjob's {action} relay job for {job_id} failed on the cluster ({info.status if info else 'no record'}): {text.strip()[-800:]}")
-        return text
 
     def _clean_relays(self) -> None:
-        """Delete Ray's records of relay jobs that ended more than ``RELAY_RECORD_GRACE`` seconds ago (best effort)."""
+        """Delete Ray's records of trainjob's helper jobs that ended more than ``RELAY_RECORD_GRACE`` seconds ago (best effort)."""
         try:
             api = self.conn.api
             now_ms = time.time() * 1000
             for d in api.list():
-                if d.metadata.get("trainjob.relay") and d.status in RAY_TERMINAL and d.end_time and now_ms - d.end_time > RELAY_RECORD_GRACE * 1000:
+                mine = d.metadata.get(HELPER_KEY) or d.metadata.get("trainjob.relay")  # the second: records of an earlier release
+                if mine and d.status in RAY_TERMINAL and d.end_time and now_ms - d.end_time > RELAY_RECORD_GRACE * 1000:
                     api.delete(d.submission_id)
         except (JobsAPIError, OSError):
             pass
