@@ -128,10 +128,5 @@ class JobsAPI:
         return json.loads(raw) if raw else {}
 
 
-def auth_headers() -> dict[str, str]:
-    """The ``Authorization`` header for a cluster with Ray's token authentication (Ray's own token lookup), else nothing."""
-    return http_headers(None)
-
-
 def _quote(submission_id: str) -> str:
     return urllib.parse.quote(submission_id, safe="")
